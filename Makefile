@@ -1,0 +1,27 @@
+# One command each, on a fresh machine: `make test` (the tests) and `make backbones` (the main
+# command). Both create .venv and install transferkit with its dev and docs extras first.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+.PHONY: install test lint docs backbones
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev,docs]"
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+
+docs: install
+	$(BIN)/mkdocs build --strict
+
+backbones: install
+	$(BIN)/transferkit backbones

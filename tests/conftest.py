@@ -1,0 +1,72 @@
+"""Shared fixtures: no network, a private Keras cache, tiny generated image folders."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED_WEIGHTS = SHARED / "weights"
+STAMPS5 = SHARED / "data" / "stamps5"
+needs_shared = pytest.mark.skipif(
+    not (SHARED_WEIGHTS / "mobilenet_v1_1.0_224_imagenet_notop.weights.h5").is_file() or not STAMPS5.is_dir(),
+    reason="needs ../shared (real weights and photos)",
+)
+
+
+class NetworkBlocked(OSError):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests run offline: any connection attempt fails at once, and Keras' cache starts empty."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise NetworkBlocked("network access is blocked in tests")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path_factory.getbasetemp() / "keras_home"))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_keras_session() -> None:
+    yield
+    keras.backend.clear_session()
+
+
+def color_image(color: tuple[int, int, int], size: int = 24, seed: int = 0) -> Image.Image:
+    """A noisy image of one dominant colour, so a tiny network can learn the class."""
+    rng = np.random.default_rng(seed)
+    base = np.array(color, dtype=np.float64)[None, None, :]
+    pixels = np.clip(base + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels, "RGB")
+
+
+CLASS_COLORS = {"blue": (30, 40, 220), "green": (40, 200, 40), "red": (220, 30, 30)}
+
+
+def write_image_folder(root: Path, per_class: int = 12, colors: dict = CLASS_COLORS) -> Path:
+    """root/<class>/<n>.png|jpg with images whose colour gives away the class."""
+    for c, (name, color) in enumerate(colors.items()):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            image = color_image(color, seed=100 * c + i)
+            image.save(folder / (f"{i}.png" if i % 2 else f"{i}.jpg"))
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return write_image_folder(tmp_path / "images")

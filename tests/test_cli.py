@@ -1,0 +1,61 @@
+"""The transferkit command: tables, training runs, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import write_image_folder
+
+from transferkit.cli import main
+
+
+def test_backbones_table_lists_every_family(capsys):
+    assert main(["backbones"]) == 0
+    out = capsys.readouterr().out
+    assert "mobilenet_v2" in out and "efficientnet_v2_l" in out and "tiny_cnn" not in out
+    count = int(out.strip().splitlines()[-1].split()[0])
+    assert count >= 30
+
+
+def test_backbones_filter_and_json(capsys):
+    assert main(["backbones", "--filter", "resnet1", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["name"] for r in rows} == {"resnet101", "resnet152", "resnet101_v2", "resnet152_v2"}
+    assert {r["preprocessing"] for r in rows} == {"caffe", "tf"}
+
+
+def test_train_predict_evaluate_round_trip(tmp_path, capsys):
+    data = write_image_folder(tmp_path / "data", per_class=8)
+    out = tmp_path / "run"
+    code = main(["train", str(data), "--backbone", "tiny_cnn", "--weights", "imagenet", "--epochs", "2",
+                 "--fine-tune-epochs", "1", "--unfreeze-blocks", "1", "--out", str(out)])
+    assert code == 0
+    assert {p.name for p in out.iterdir()} >= {"model.keras", "transferkit.json", "labels.txt", "metrics.json"}
+    assert (out / "labels.txt").read_text().split() == ["blue", "green", "red"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["history"]) == {"head", "fine_tune"}
+    assert len(metrics["validation"]["confusion_matrix"]) == 3
+    capsys.readouterr()
+
+    assert main(["predict", str(out), str(data / "red" / "1.png"), "--top-k", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert len(result) == 1 and len(result[0]["top"]) == 2
+    assert abs(sum(t["probability"] for t in result[0]["top"])) <= 1.0 + 1e-6
+
+    assert main(["evaluate", str(out), str(data), "--json"]) == 0
+    evaluation = json.loads(capsys.readouterr().out)
+    assert sum(map(sum, evaluation["confusion_matrix"])) == 24
+
+
+def test_user_mistakes_print_one_line_and_exit_2(tmp_path, capsys):
+    cases = [
+        ["train", str(tmp_path / "missing"), "--backbone", "tiny_cnn", "--weights", "none"],
+        ["train", str(tmp_path), "--backbone", "mobilenetv9", "--weights", "none"],
+        ["train", str(tmp_path), "--backbone", "tiny_cnn", "--weights", "nothing.h5"],
+        ["predict", str(tmp_path), "x.png"],
+    ]
+    for argv in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "Traceback" not in err
+        assert len(err.splitlines()) == 1, err

@@ -1,0 +1,151 @@
+"""FineTuner end to end on tiny generated data (and on real photos when ../shared is there)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+from conftest import SHARED_WEIGHTS, STAMPS5, needs_shared, write_image_folder
+from test_data import _write_bad_files
+
+import transferkit as tk
+
+FAST_HEAD = dataclasses.replace(tk.HEAD_PHASE, epochs=8, learning_rate=1e-2)
+FAST_TUNE = dataclasses.replace(tk.FINE_TUNE_PHASE, epochs=2, learning_rate=1e-3, policy=tk.UnfreezeTop(1))
+
+
+def _tuner(**kwargs):
+    options = {"weights": "imagenet", "head_phase": FAST_HEAD, "fine_tune_phase": FAST_TUNE, "seed": 0}
+    return tk.FineTuner("tiny_cnn", **{**options, **kwargs})
+
+
+class EpochRecorder(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+
+def test_fit_learns_and_keeps_both_phases(image_folder):
+    data = tk.load_folder(image_folder, image_size=32, validation_split=0.25, batch_size=8)
+    tuner = _tuner()
+    recorder = EpochRecorder()
+    history = tuner.fit(data, callbacks=[recorder], verbose=0)
+    assert list(history) == ["head", "fine_tune"]
+    assert len(history["head"]["loss"]) == 8 and len(history["fine_tune"]["loss"]) == 2
+    assert recorder.epochs == list(range(10))  # callbacks pass through; epochs continue across phases
+    assert history["head"]["loss"][-1] < history["head"]["loss"][0]
+    evaluation = tuner.evaluate(data)
+    assert evaluation.accuracy >= 0.8  # colour gives the class away
+    assert evaluation.confusion_matrix.sum() == data.num_validation
+    assert np.trace(evaluation.confusion_matrix) == round(evaluation.accuracy * data.num_validation)
+    assert set(evaluation.per_class) == {"blue", "green", "red"}
+    assert evaluation.to_dict()["per_class"]["red"]["support"] == 3
+
+
+def test_phases_are_public_steps(image_folder):
+    data = tk.load_folder(image_folder, image_size=32, batch_size=8)
+    tuner = _tuner()
+    with pytest.raises(tk.NotFittedError):
+        tuner.predict(np.zeros((1, 32, 32, 3)))
+    tuner.train_head(data, verbose=0)
+    backbone = tuner.model.get_layer("backbone")
+    assert not any(layer.trainable for layer in backbone.layers if layer.weights)
+    stem = backbone.get_layer("stem_conv").kernel.numpy().copy()
+    top = backbone.get_layer("top_conv").kernel.numpy().copy()
+    tuner.fine_tune(data, phase=dataclasses.replace(FAST_TUNE, epochs=1), verbose=0)
+    assert list(tuner.history) == ["head", "fine_tune"]
+    np.testing.assert_array_equal(backbone.get_layer("stem_conv").kernel.numpy(), stem)
+    assert not np.allclose(backbone.get_layer("top_conv").kernel.numpy(), top)
+
+
+def test_fine_tune_schedule_warms_up_then_decays():
+    phase = tk.Phase(epochs=4, learning_rate=1e-3, policy=tk.UnfreezeTop(1), schedule="cosine", warmup_epochs=1)
+    schedule = phase.learning_rate_schedule(steps_per_epoch=10)
+    rates = [float(schedule(step)) for step in (0, 5, 10, 25, 40)]
+    assert rates[0] == 0.0 and rates[1] == pytest.approx(5e-4) and rates[2] == pytest.approx(1e-3)
+    assert rates[2] > rates[3] > rates[4] >= 0.0
+
+
+def test_save_load_round_trip_gives_identical_predictions(tmp_path, image_folder):
+    data = tk.load_folder(image_folder, image_size=32, batch_size=8)
+    tuner = _tuner(fine_tune_phase=dataclasses.replace(FAST_TUNE, epochs=1))
+    tuner.fit(data, verbose=0)
+    tuner.save(tmp_path / "run")
+    loaded = tk.FineTuner.load(tmp_path / "run")
+    paths = list(data.validation_files.paths)
+    before, after = tuner.predict(paths), loaded.predict(paths)
+    np.testing.assert_array_equal(before.probabilities, after.probabilities)
+    assert after.labels == before.labels and after.paths == tuple(paths)
+    assert loaded.history == tuner.history and loaded.class_names == ("blue", "green", "red")
+    top = after.top(2)
+    assert len(top) == len(paths) and len(top[0]) == 2 and top[0][0][1] >= top[0][1][1]
+    assert loaded.predict(image_folder / "red").labels.count("red") >= 9
+    with pytest.raises(tk.DataError, match="not a saved FineTuner"):
+        tk.FineTuner.load(tmp_path)
+
+
+def test_training_completes_despite_bad_files(tmp_path):
+    root = write_image_folder(tmp_path / "data", per_class=6)
+    _write_bad_files(root / "green")
+    with pytest.warns(tk.SkippedFilesWarning, match="notes.jpg"):
+        data = tk.load_folder(root, image_size=32, batch_size=8)
+    tuner = _tuner(fine_tune_phase=dataclasses.replace(FAST_TUNE, epochs=1))
+    tuner.fit(data, verbose=0)
+    assert len(tuner.history["fine_tune"]["loss"]) == 1
+    assert {p for p, _ in data.skipped} >= {str(root / "green" / "empty.jpg"), str(root / "green" / "corrupt.png")}
+
+
+def test_mismatched_sizes_and_bad_options_are_clear(image_folder):
+    data = tk.load_folder(image_folder, image_size=24)
+    with pytest.raises(tk.DataError, match="image_size=24.*image_size=32"):
+        tk.FineTuner("tiny_cnn", weights=None, image_size=32).fit(data, verbose=0)
+    with pytest.raises(tk.ConfigError, match="class_weight"):
+        tk.FineTuner("tiny_cnn", weights=None, class_weight="inverse")
+    with pytest.raises(tk.ConfigError, match="warmup_epochs"):
+        tk.Phase(epochs=2, learning_rate=1e-3, policy=tk.FreezeAll(), warmup_epochs=-1)
+    with pytest.raises(tk.ConfigError, match="FreezePolicy"):
+        tk.Phase(epochs=2, learning_rate=1e-3, policy="top2")
+    with pytest.raises(tk.UnknownBackboneError, match="tiny_cnn"):
+        tk.FineTuner("tiny_cn", weights=None)
+
+
+def test_balanced_class_weights_and_multi_label(tmp_path):
+    root = write_image_folder(tmp_path / "data", per_class=8)
+    data = tk.load_folder(root, image_size=32, batch_size=8)
+    tuner = _tuner(fine_tune_phase=None, class_weight="balanced")
+    tuner.fit(data, verbose=0)
+    assert list(tuner.history) == ["head"]
+
+    files = tk.scan_folder(root)
+    csv_rows = ["path,label"] + [f"{p},{'warm' if 'red' in p else 'cool'} {'bright' if 'green' in p else 'dark'}"
+                                 for p in files.paths]
+    (tmp_path / "multi.csv").write_text("\n".join(csv_rows))
+    multi = tk.load_csv(tmp_path / "multi.csv", multi_label=True, image_size=32, batch_size=8)
+    tagger = _tuner(fine_tune_phase=None)
+    tagger.fit(multi, verbose=0)
+    assert tagger.head.task == "multi_label"
+    result = tagger.evaluate(multi)
+    assert result.confusion_matrix is None and len(result.f1) == 4
+
+
+@needs_shared
+def test_real_weights_on_real_photos_fit_save_load_predict(tmp_path):
+    weights = str(SHARED_WEIGHTS / "mobilenet_v1_1.0_224_imagenet_notop.weights.h5")
+    data = tk.load_folder(STAMPS5, image_size=128, validation_split=0.3, seed=0)
+    tuner = tk.FineTuner(
+        "mobilenet", weights=weights, seed=0,
+        head_phase=dataclasses.replace(tk.HEAD_PHASE, epochs=3),
+        fine_tune_phase=dataclasses.replace(tk.FINE_TUNE_PHASE, epochs=1),
+    )
+    tuner.fit(data, verbose=0)
+    accuracy = tuner.evaluate(data).accuracy
+    assert accuracy > 0.6  # 5 classes: chance is about 0.38 (the majority class)
+    tuner.save(tmp_path / "run")
+    loaded = tk.FineTuner.load(tmp_path / "run")
+    paths = list(data.validation_files.paths[:8])
+    np.testing.assert_array_equal(tuner.predict(paths).probabilities, loaded.predict(paths).probabilities)

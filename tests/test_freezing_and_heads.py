@@ -1,0 +1,124 @@
+"""Freeze policies, BatchNorm handling, heads and saving."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+import transferkit as tk
+from transferkit.freezing import backbone_of
+
+
+def _model(**kwargs):
+    return tk.build_model("tiny_cnn", num_outputs=3, weights=None, **kwargs)
+
+
+def _trainable(model):
+    return {layer.name for layer in backbone_of(model).layers if layer.trainable and layer.weights}
+
+
+def _xy(n=16, size=32, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0, 255, (n, size, size, 3)).astype("float32"), rng.integers(0, 3, n)
+
+
+def test_new_model_has_frozen_backbone_and_raw_pixel_input():
+    model = _model()
+    assert model.input_shape == (None, 32, 32, 3)
+    assert _trainable(model) == set()
+    assert model.get_layer("preprocess").mode == "tf"
+
+
+def test_policies_select_named_groups():
+    model = _model()
+    tk.UnfreezeTop(1).apply(model, "tiny_cnn")
+    assert _trainable(model) == {"block3_conv", "top_conv"}  # BatchNorm stays frozen
+    tk.UnfreezeTop(1, train_batchnorm=True).apply(model, "tiny_cnn")
+    assert _trainable(model) == {"block3_conv", "block3_bn", "top_conv", "top_bn"}
+    tk.UnfreezeFrom("block2_conv").apply(model, "tiny_cnn")
+    assert _trainable(model) == {"block2_conv", "block3_conv", "top_conv"}
+    summary = tk.UnfreezeAll().apply(model, "tiny_cnn")
+    assert _trainable(model) == {"stem_conv", "block1_conv", "block2_conv", "block3_conv", "top_conv"}
+    assert 0 < summary.trainable_params < summary.total_params
+    assert tk.FreezeAll().apply(model, "tiny_cnn").trainable_params == 0
+
+
+def test_policy_errors_name_the_problem():
+    model = _model()
+    with pytest.raises(tk.ConfigError, match="more blocks than the backbone has \\(3\\)"):
+        tk.UnfreezeTop(7).apply(model, "tiny_cnn")
+    with pytest.raises(tk.ConfigError, match="block2_conv"):
+        tk.UnfreezeFrom("block2_cnv").apply(model, "tiny_cnn")
+    with pytest.raises(tk.ConfigError):
+        tk.UnfreezeTop(-1)
+
+
+def _fit_once(model, x, y):
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+
+
+def test_fine_tuning_keeps_batchnorm_statistics_unless_asked():
+    x, y = _xy()
+    model = _model()
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
+    tk.UnfreezeAll().apply(model, "tiny_cnn")
+    bn = backbone_of(model).get_layer("block2_bn")
+    conv = backbone_of(model).get_layer("block2_conv")
+    mean, kernel = bn.moving_mean.numpy().copy(), conv.kernel.numpy().copy()
+    _fit_once(model, x, y)
+    np.testing.assert_array_equal(bn.moving_mean.numpy(), mean)
+    assert not np.allclose(conv.kernel.numpy(), kernel)  # recompiled: the unfrozen conv did train
+
+    tk.UnfreezeAll(train_batchnorm=True).apply(model, "tiny_cnn")
+    _fit_once(model, x, y)
+    assert not np.allclose(bn.moving_mean.numpy(), mean)
+
+
+def test_frozen_layers_stay_bit_identical():
+    x, y = _xy()
+    model = _model()
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    tk.UnfreezeTop(1).apply(model, "tiny_cnn")
+    stem = backbone_of(model).get_layer("stem_conv").kernel.numpy().copy()
+    _fit_once(model, x, y)
+    np.testing.assert_array_equal(backbone_of(model).get_layer("stem_conv").kernel.numpy(), stem)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [tk.Head(), tk.Head(task="multi_label", pooling="max"), tk.Head(task="regression", hidden_units=(8,), dropout=0.0),
+     tk.Head(hidden_units=(16, 8), dropout=0.3, activation="gelu")],
+)
+def test_models_save_and_load_safely_with_identical_predictions(tmp_path, head):
+    model = _model(head=head)
+    tk.UnfreezeTop(1).apply(model, "tiny_cnn")
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    x, _ = _xy(4)
+    np.testing.assert_allclose(model.predict(x, verbose=0), loaded.predict(x, verbose=0), atol=1e-6)
+    assert _trainable(loaded) == _trainable(model)
+
+
+def test_head_outputs_follow_the_task():
+    x, _ = _xy(4)
+    probs = _model().predict(x, verbose=0)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    multi = _model(head=tk.Head(task="multi_label")).predict(x, verbose=0)
+    assert ((multi > 0) & (multi < 1)).all() and not np.allclose(multi.sum(axis=1), 1.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"task": "binary"}, "task"), ({"pooling": "mean"}, "pooling"), ({"dropout": 1.5}, "dropout"),
+     ({"hidden_units": (0,)}, "hidden_units")],
+)
+def test_head_rejects_bad_options(kwargs, match):
+    with pytest.raises(tk.ConfigError, match=match):
+        tk.Head(**kwargs)
+
+
+def test_single_label_head_needs_two_classes():
+    with pytest.raises(tk.ConfigError, match="at least 2 classes"):
+        tk.build_model("tiny_cnn", num_outputs=1, weights=None)

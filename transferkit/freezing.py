@@ -1,0 +1,140 @@
+"""Freeze / unfreeze policies for the backbone of a transferkit model.
+
+A policy is a small frozen object; :meth:`FreezePolicy.apply` sets ``trainable`` on the
+backbone's layers by named group, keeps BatchNormalization frozen (inference mode, statistics
+untouched) unless asked otherwise, and recompiles a compiled model so the change takes effect.
+
+Example:
+    >>> UnfreezeTop(2).apply(model, "mobilenet_v2")
+    FreezeSummary(trainable_layers=..., trainable_params=..., total_params=...)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+
+from transferkit.backbones.groups import TOP, block_names, layer_groups
+from transferkit.backbones.registry import BackboneSpec, get_backbone
+from transferkit.errors import ConfigError, closest
+
+BACKBONE_LAYER = "backbone"
+
+
+@dataclass(frozen=True)
+class FreezeSummary:
+    """What a policy left trainable in the backbone."""
+
+    trainable_layers: int
+    trainable_params: int
+    total_params: int
+
+
+def backbone_of(model: keras.Model) -> keras.Model:
+    """The backbone sub-model of a transferkit model (or ``model`` itself if it is a backbone)."""
+    try:
+        return model.get_layer(BACKBONE_LAYER)
+    except ValueError:
+        return model
+
+
+def _count(weights: list) -> int:
+    return int(sum(np.prod(w.shape) for w in weights))
+
+
+@dataclass(frozen=True, kw_only=True)
+class FreezePolicy:
+    """Base class: decides which backbone layers train.
+
+    Attributes:
+        train_batchnorm: Let BatchNormalization layers in unfrozen groups train (update their
+            statistics and scale/offset). Off by default: with small datasets, updating them
+            destroys what the network learnt on ImageNet.
+    """
+
+    train_batchnorm: bool = False
+
+    def select(self, backbone: keras.Model, groups: dict[str, list[str]]) -> set[str]:
+        """Names of the backbone layers that should train."""
+        raise NotImplementedError
+
+    def apply(self, model: keras.Model, backbone: str | BackboneSpec) -> FreezeSummary:
+        """Apply the policy to ``model`` (a transferkit model or a bare backbone).
+
+        Args:
+            model: The model whose backbone to (un)freeze.
+            backbone: The backbone's registry name or spec (it knows the layer groups).
+        """
+        spec = get_backbone(backbone)
+        net = backbone_of(model)
+        chosen = self.select(net, layer_groups(net, spec.groups))
+        net.trainable = bool(chosen)
+        for layer in net.layers:
+            is_bn = isinstance(layer, keras.layers.BatchNormalization)
+            layer.trainable = layer.name in chosen and (self.train_batchnorm or not is_bn)
+        if getattr(model, "compiled", False):
+            model.compile_from_config(model.get_compile_config())
+        return FreezeSummary(
+            trainable_layers=sum(1 for layer in net.layers if layer.trainable and layer.weights),
+            trainable_params=_count(net.trainable_weights),
+            total_params=_count(net.weights),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class FreezeAll(FreezePolicy):
+    """Freeze the whole backbone (feature extraction); only the head trains."""
+
+    def select(self, backbone: keras.Model, groups: dict[str, list[str]]) -> set[str]:
+        return set()
+
+
+@dataclass(frozen=True, kw_only=True)
+class UnfreezeAll(FreezePolicy):
+    """Train the whole backbone (full fine-tuning)."""
+
+    def select(self, backbone: keras.Model, groups: dict[str, list[str]]) -> set[str]:
+        return {layer.name for layer in backbone.layers}
+
+
+@dataclass(frozen=True)
+class UnfreezeTop(FreezePolicy):
+    """Train the last ``blocks`` blocks of the backbone and the layers after them.
+
+    ``UnfreezeTop(2)`` means the same thing for every family: the two blocks nearest the
+    output (see each backbone's groups with ``transferkit.layer_groups``). ``UnfreezeTop(0)``
+    trains only the ``top`` group (the final conv/norm layers some families have).
+    """
+
+    blocks: int = 2
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.blocks, int) or self.blocks < 0:
+            raise ConfigError(f"Expected blocks to be an integer >= 0. Received: blocks={self.blocks!r}.")
+
+    def select(self, backbone: keras.Model, groups: dict[str, list[str]]) -> set[str]:
+        blocks = block_names(groups)
+        if self.blocks > len(blocks):
+            raise ConfigError(
+                f"UnfreezeTop(blocks={self.blocks}) asks for more blocks than the backbone has ({len(blocks)}). "
+                f"Use a number up to {len(blocks)}, or UnfreezeAll()."
+            )
+        chosen = [*blocks[len(blocks) - self.blocks:], TOP]
+        return {name for group in chosen for name in groups.get(group, [])}
+
+
+@dataclass(frozen=True)
+class UnfreezeFrom(FreezePolicy):
+    """Train every backbone layer from ``layer`` (inclusive) to the output, in layer order."""
+
+    layer: str = ""
+
+    def select(self, backbone: keras.Model, groups: dict[str, list[str]]) -> set[str]:
+        names = [layer.name for layer in backbone.layers]
+        if self.layer not in names:
+            near = closest(self.layer, names)
+            hint = f" Did you mean {', '.join(repr(n) for n in near)}?" if near else ""
+            raise ConfigError(f"UnfreezeFrom: the backbone has no layer named {self.layer!r}.{hint}")
+        return set(names[names.index(self.layer) :])

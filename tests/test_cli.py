@@ -59,3 +59,15 @@ def test_user_mistakes_print_one_line_and_exit_2(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and "Traceback" not in err
         assert len(err.splitlines()) == 1, err
+
+
+def test_docs_backbone_table_is_current(capsys):
+    from pathlib import Path
+
+    assert main(["backbones", "--markdown"]) == 0
+    table = capsys.readouterr().out.strip()
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "backbones.md").read_text()
+    start, end = "<!-- backbones-table:start -->\n", "\n<!-- backbones-table:end -->"
+    assert docs[docs.index(start) + len(start): docs.index(end)] == table, (
+        "docs/backbones.md is out of date: paste the output of `transferkit backbones --markdown`"
+    )

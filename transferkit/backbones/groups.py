@@ -74,8 +74,8 @@ def layer_groups(model: keras.Model, rule: GroupRule) -> dict[str, list[str]]:
 
     Example:
         >>> groups = layer_groups(backbone, get_backbone("mobilenet").groups)
-        >>> list(groups)[-2:]
-        ['block_12', 'block_13']
+        >>> list(groups)[-1]
+        'block_13'
     """
     layers = list(model.layers)
     label: dict[str, str] = {}

@@ -21,7 +21,16 @@ import tensorflow as tf
 
 from transferkit.backbones.registry import BackboneSpec, get_backbone
 from transferkit.backbones.weights import WeightsArg
-from transferkit.data import IMAGE_EXTENSIONS, WHITE, Color, ImageData, load_folder, load_image
+from transferkit.data import (
+    IMAGE_EXTENSIONS,
+    WHITE,
+    Color,
+    ImageData,
+    load_folder,
+    load_image,
+    make_dataset,
+    scan_folder,
+)
 from transferkit.errors import ConfigError, DataError, NotFittedError, check_choice
 from transferkit.freezing import FreezeAll, FreezePolicy, FreezeSummary, UnfreezeTop
 from transferkit.heads import Head
@@ -395,12 +404,12 @@ class FineTuner:
             return data.validation
         if isinstance(data, tf.data.Dataset):
             return data
-        if isinstance(data, (str, os.PathLike)) and Path(data).is_dir():
-            from transferkit.data import from_files, scan_folder
-
+        if isinstance(data, (str, os.PathLike)):
             files = scan_folder(data)
-            return from_files(files, image_size=self._size(), validation_split=0.0, resize=self.resize,
-                              background=self.background).train.unbatch().batch(32)
+            if files.class_names != self.class_names:
+                raise DataError(f"The classes in {str(data)!r} {list(files.class_names)} differ from the model's "
+                                f"{list(self.class_names or ())}.")
+            return make_dataset(files, image_size=self._size(), resize=self.resize, background=self.background)
         raise DataError(
             f"Expected ImageData, a tf.data.Dataset or a class-folder path. Received: {type(data).__name__}."
         )

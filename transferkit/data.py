@@ -58,6 +58,15 @@ def _to_rgb(image: Image.Image, background: Color) -> Image.Image:
     return image.convert("RGB")
 
 
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError)
+
+
+def _decode(path: str | os.PathLike[str], background: Color) -> Image.Image:
+    with Image.open(path) as image:
+        image.load()
+        return _to_rgb(ImageOps.exif_transpose(image), background)
+
+
 def read_image(path: str | os.PathLike[str], *, background: Color = WHITE) -> Image.Image:
     """Open ``path`` as an upright RGB image (EXIF rotation applied, alpha composited).
 
@@ -65,10 +74,8 @@ def read_image(path: str | os.PathLike[str], *, background: Color = WHITE) -> Im
         DataError: the file cannot be decoded (the message names it and says why).
     """
     try:
-        with Image.open(path) as image:
-            image.load()
-            return _to_rgb(ImageOps.exif_transpose(image), background)
-    except (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as error:
+        return _decode(path, background)
+    except _DECODE_ERRORS as error:
         raise DataError(f"Cannot read image {str(path)!r}: {_reason(path, error)}") from None
 
 
@@ -113,9 +120,9 @@ def load_image(
 def check_image(path: str | os.PathLike[str]) -> str | None:
     """Why ``path`` cannot be used as an image, or ``None`` if it decodes fully."""
     try:
-        read_image(path)
-    except DataError as error:
-        return str(error).split(": ", 1)[-1]
+        _decode(path, WHITE)
+    except _DECODE_ERRORS as error:
+        return _reason(path, error)
     return None
 
 

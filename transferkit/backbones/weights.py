@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import urllib.error
 from pathlib import Path
 
@@ -30,8 +29,6 @@ WeightsArg = str | os.PathLike[str] | None
 def keras_cache_dir() -> Path:
     """Where Keras looks for downloaded weights before it tries the network."""
     base = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
-    if not os.access(os.path.dirname(base) or ".", os.W_OK) and not os.path.isdir(base):
-        base = os.path.join(tempfile.gettempdir(), ".keras")
     return Path(base) / "models"
 
 

@@ -19,20 +19,9 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
+from common import SHARED, stratified_folds
 
 import transferkit as tk
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-
-
-def stratified_folds(labels: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    folds: list[list[int]] = [[] for _ in range(k)]
-    for value in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == value))
-        for i, index in enumerate(members):
-            folds[i % k].append(int(index))
-    return [np.sort(np.asarray(f)) for f in folds]
 
 
 def main() -> int:

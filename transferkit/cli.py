@@ -1,7 +1,8 @@
 """The ``transferkit`` command.
 
     transferkit backbones [--filter TEXT] [--json]
-    transferkit train DATA_DIR --backbone NAME --weights imagenet|none|PATH [--out RUN_DIR] …
+    transferkit train DATA_DIR --backbone NAME --weights imagenet|none|PATH [--out RUN_DIR] [--config F] …
+    transferkit demo [--out DIR]
     transferkit evaluate RUN_DIR DATA_DIR
     transferkit predict RUN_DIR IMAGE_OR_DIR [--top-k 3] [--json]
 
@@ -67,37 +68,109 @@ def _weights(value: str) -> str | None:
     return value
 
 
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "backbone": "mobilenet_v2",
+    "weights": "imagenet",
+    "epochs": None,  # None: the FineTuner default of each phase
+    "learning_rate": None,
+    "fine_tune_epochs": None,
+    "fine_tune_learning_rate": None,
+    "unfreeze_blocks": None,
+    "image_size": None,
+    "batch_size": 32,
+    "validation_split": 0.2,
+    "augment": False,
+    "balanced": False,
+    "seed": 0,
+    "out": "run",
+}
+
+
+def _read_config(path: str) -> dict[str, Any]:
+    file = Path(path)
+    if not file.is_file():
+        raise _UsageError(f"--config {path!r}: file not found.")
+    text = file.read_text(encoding="utf-8")
+    try:
+        if file.suffix.lower() == ".toml":
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10
+                import tomli as tomllib
+
+            config = tomllib.loads(text)
+        elif file.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            config = yaml.safe_load(text) or {}
+        else:
+            raise _UsageError(f"--config {path!r}: expected a .toml, .yaml or .yml file.")
+    except _UsageError:
+        raise
+    except Exception as error:  # a parse error of either format
+        raise _UsageError(f"--config {path!r} cannot be parsed: {error}".replace("\n", " ")) from None
+    if not isinstance(config, dict):
+        raise _UsageError(f"--config {path!r}: expected a table of options at the top level.")
+    options = {key.replace("-", "_"): value for key, value in config.items()}
+    unknown = sorted(set(options) - set(TRAIN_DEFAULTS) - {"data_dir"})
+    if unknown:
+        raise _UsageError(f"--config {path!r}: unknown option(s) {unknown}. Known: {sorted(TRAIN_DEFAULTS)}.")
+    return options
+
+
+def _train_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Command-line flags over the config file over the defaults."""
+    config = _read_config(args.config) if args.config else {}
+    given = {k: v for k, v in vars(args).items() if k in TRAIN_DEFAULTS and v is not None}
+    options = {**TRAIN_DEFAULTS, **config, **given}
+    options["data_dir"] = args.data_dir or config.get("data_dir")
+    if not options["data_dir"]:
+        raise _UsageError("train: give DATA_DIR on the command line or data_dir in --config.")
+    return options
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     import dataclasses
 
     import transferkit as tk
+    from transferkit.report import write_report
 
-    data = tk.load_folder(args.data_dir, image_size=args.image_size or tk.get_backbone(args.backbone).input_size,
-                          validation_split=args.validation_split, seed=args.seed, batch_size=args.batch_size,
-                          augment=tk.Augment() if args.augment else None)
-    head_phase = dataclasses.replace(tk.HEAD_PHASE, epochs=args.epochs, **(
-        {"learning_rate": args.learning_rate} if args.learning_rate else {}))
-    fine = dataclasses.replace(tk.FINE_TUNE_PHASE, epochs=args.fine_tune_epochs,
-                               policy=tk.UnfreezeTop(args.unfreeze_blocks), **(
-        {"learning_rate": args.fine_tune_learning_rate} if args.fine_tune_learning_rate else {}))
-    if fine.warmup_epochs >= max(fine.epochs, 1):
-        fine = dataclasses.replace(fine, warmup_epochs=0.0)
-    tuner = tk.FineTuner(args.backbone, weights=_weights(args.weights), head_phase=head_phase,
-                         fine_tune_phase=fine if args.fine_tune_epochs else None, seed=args.seed,
-                         class_weight="balanced" if args.balanced else None)
-    print(f"Training {args.backbone} on {data.num_train} images ({data.num_validation} for validation), "
+    o = _train_options(args)
+    spec = tk.get_backbone(o["backbone"])
+    data = tk.load_folder(o["data_dir"], image_size=o["image_size"] or spec.input_size,
+                          validation_split=o["validation_split"], seed=o["seed"], batch_size=o["batch_size"],
+                          augment=tk.Augment() if o["augment"] else None, progress=True)
+    head_phase = tk.HEAD_PHASE
+    if o["epochs"] is not None:
+        head_phase = dataclasses.replace(head_phase, epochs=o["epochs"])
+    if o["learning_rate"] is not None:
+        head_phase = dataclasses.replace(head_phase, learning_rate=o["learning_rate"])
+    fine = tk.FINE_TUNE_PHASE
+    if o["fine_tune_epochs"] is not None:
+        fine = dataclasses.replace(fine, epochs=o["fine_tune_epochs"])
+    if o["fine_tune_learning_rate"] is not None:
+        fine = dataclasses.replace(fine, learning_rate=o["fine_tune_learning_rate"])
+    if o["unfreeze_blocks"] is not None:
+        fine = dataclasses.replace(fine, policy=tk.UnfreezeTop(o["unfreeze_blocks"]))
+    tuner = tk.FineTuner(spec, weights=_weights(str(o["weights"])), head_phase=head_phase,
+                         fine_tune_phase=fine if fine.epochs else None, seed=o["seed"],
+                         class_weight="balanced" if o["balanced"] else None)
+    print(f"Training {spec.name} on {data.num_train} images ({data.num_validation} for validation), "
           f"classes: {', '.join(data.class_names)}")
     tuner.fit(data)
-    out = Path(args.out)
+    out = Path(o["out"])
     tuner.save(out)
-    (out / "labels.txt").write_text("\n".join(data.class_names) + "\n")
-    metrics: dict[str, Any] = {"history": tuner.history, "skipped": [list(s) for s in data.skipped]}
-    if data.validation is not None:
-        evaluation = tuner.evaluate(data.validation)
-        metrics["validation"] = evaluation.to_dict()
-        print(f"Validation accuracy: {evaluation.accuracy:.4f}")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(f"Saved to {out}")
+    metrics = write_report(tuner, data, out)
+    if "validation" in metrics:
+        print(f"Validation accuracy: {metrics['validation']['accuracy']:.4f}")
+    print(f"Saved the model, metrics.json and plots to {out}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from transferkit.demo import run_demo
+
+    run_demo(Path(args.out), per_class=args.per_class, image_size=args.image_size, seed=args.seed)
     return 0
 
 
@@ -152,22 +225,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_backbones)
 
     p = sub.add_parser("train", help="fine-tune a backbone on DATA_DIR/<class>/<images>")
-    p.add_argument("data_dir")
-    p.add_argument("--backbone", default="mobilenet_v2")
-    p.add_argument("--weights", default="imagenet", help="'imagenet', 'none' or a weights file")
-    p.add_argument("--epochs", type=int, default=None, help="head-training epochs")
-    p.add_argument("--learning-rate", type=float, default=None)
-    p.add_argument("--fine-tune-epochs", type=int, default=None, help="fine-tuning epochs (0 skips fine-tuning)")
-    p.add_argument("--fine-tune-learning-rate", type=float, default=None)
-    p.add_argument("--unfreeze-blocks", type=int, default=None, help="blocks to unfreeze when fine-tuning")
-    p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--validation-split", type=float, default=0.2)
-    p.add_argument("--augment", action="store_true", help="random flips, rotation, zoom and contrast")
-    p.add_argument("--balanced", action="store_true", help="weight classes by inverse frequency")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="run", help="folder for the model, labels and metrics")
+    p.add_argument("data_dir", nargs="?", help="folder of class sub-folders (or data_dir in --config)")
+    p.add_argument("--config", help="a .toml or .yaml file with any of the options below")
+    p.add_argument("--backbone", help="registry name (default mobilenet_v2)")
+    p.add_argument("--weights", help="'imagenet' (default), 'none' or a weights file")
+    p.add_argument("--epochs", type=int, help="head-training epochs")
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--fine-tune-epochs", type=int, help="fine-tuning epochs (0 skips fine-tuning)")
+    p.add_argument("--fine-tune-learning-rate", type=float)
+    p.add_argument("--unfreeze-blocks", type=int, help="blocks to unfreeze when fine-tuning")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--validation-split", type=float)
+    p.add_argument("--augment", action="store_true", default=None, help="random flips, rotation, zoom, contrast")
+    p.add_argument("--balanced", action="store_true", default=None, help="weight classes by inverse frequency")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", help="folder for the model, labels, metrics and plots (default ./run)")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("demo", help="the whole job offline: fine-tune the shipped MobileNet on shipped photos")
+    p.add_argument("--out", default="transferkit-demo", help="folder for the data, the run and its report")
+    p.add_argument("--per-class", type=int, default=50, help="images per class (at most 50)")
+    p.add_argument("--image-size", type=int, default=96)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("evaluate", help="metrics of a saved run on DATA_DIR/<class>/<images>")
     p.add_argument("run_dir")
@@ -184,19 +265,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _fill_defaults(args: argparse.Namespace) -> None:
-    if args.command != "train":
-        return
-    from transferkit.finetuner import FINE_TUNE_PHASE, HEAD_PHASE
-
-    if args.epochs is None:
-        args.epochs = HEAD_PHASE.epochs
-    if args.fine_tune_epochs is None:
-        args.fine_tune_epochs = FINE_TUNE_PHASE.epochs
-    if args.unfreeze_blocks is None:
-        args.unfreeze_blocks = getattr(FINE_TUNE_PHASE.policy, "blocks", 2)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -211,7 +279,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from transferkit.errors import TransferkitError
 
     try:
-        _fill_defaults(args)
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             return int(args.func(args))

@@ -126,12 +126,22 @@ def check_image(path: str | os.PathLike[str]) -> str | None:
     return None
 
 
-def find_bad_images(paths: Sequence[str], *, workers: int | None = None) -> list[tuple[str, str]]:
-    """Decode every file (in parallel threads) and return ``(path, reason)`` for each failure."""
+def find_bad_images(
+    paths: Sequence[str], *, workers: int | None = None, progress: bool = False
+) -> list[tuple[str, str]]:
+    """Decode every file (in parallel threads) and return ``(path, reason)`` for each failure.
+
+    ``progress=True`` shows a progress bar (useful for thousands of files).
+    """
     if not paths:
         return []
+    bar = keras.utils.Progbar(len(paths), unit_name="image") if progress else None
+    reasons: list[str | None] = []
     with ThreadPoolExecutor(max_workers=workers or min(16, 2 * (os.cpu_count() or 1))) as pool:
-        reasons = list(pool.map(check_image, paths))
+        for reason in pool.map(check_image, paths):
+            reasons.append(reason)
+            if bar is not None and (len(reasons) % 50 == 0 or len(reasons) == len(paths)):
+                bar.update(len(reasons))
     return [(p, r) for p, r in zip(paths, reasons) if r is not None]
 
 
@@ -186,7 +196,11 @@ def _report_skipped(skipped: Sequence[tuple[str, str]], strict: bool, where: str
 
 
 def scan_folder(
-    directory: str | os.PathLike[str], *, strict: bool = False, extensions: Iterable[str] = IMAGE_EXTENSIONS
+    directory: str | os.PathLike[str],
+    *,
+    strict: bool = False,
+    extensions: Iterable[str] = IMAGE_EXTENSIONS,
+    progress: bool = False,
 ) -> ImageFiles:
     """List a folder of class sub-folders (``DIR/<class>/<images>``), checking every image.
 
@@ -227,7 +241,7 @@ def scan_folder(
                     candidates.append((path, label))
                 else:
                     skipped.append((path, f"unsupported file type {Path(name).suffix or '(none)'!r}"))
-    bad = dict(find_bad_images([p for p, _ in candidates]))
+    bad = dict(find_bad_images([p for p, _ in candidates], progress=progress))
     skipped.extend((p, bad[p]) for p, _ in candidates if p in bad)
     good = [(p, label) for p, label in candidates if p not in bad]
     counts = np.bincount([label for _, label in good], minlength=len(class_dirs))
@@ -560,15 +574,18 @@ def load_folder(
     background: Color = WHITE,
     augment: Augment | None = None,
     strict: bool = False,
+    progress: bool = False,
 ) -> ImageData:
     """Load ``DIR/<class>/<images>`` into train and validation pipelines.
+
+    ``progress=True`` shows a progress bar while every image is checked.
 
     Example:
         >>> data = load_folder("flower_photos", image_size=224, augment=Augment())
         >>> data.class_names
         ('daisy', 'dandelion', 'roses', 'sunflowers', 'tulips')
     """
-    files = scan_folder(directory, strict=strict)
+    files = scan_folder(directory, strict=strict, progress=progress)
     return from_files(files, image_size=image_size, validation_split=validation_split, seed=seed,
                       batch_size=batch_size, resize=resize, background=background, augment=augment)
 

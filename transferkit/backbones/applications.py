@@ -65,6 +65,7 @@ def _add(
     groups: GroupRule,
     min_size: int = 32,
     weight_sizes: tuple[int, ...] | None = None,
+    offline_weights: str | None = None,
     **fixed: Any,
 ) -> None:
     register_backbone(
@@ -81,6 +82,7 @@ def _add(
             groups=groups,
             description=f"keras.applications.{fn_name}",
             source="keras.applications",
+            offline_weights=offline_weights,
         )
     )
 
@@ -89,7 +91,7 @@ def register_all() -> None:
     """Register every keras.applications backbone (called once on import)."""
     add = _add
     add("mobilenet", "MobileNet", family="mobilenet", size=224, features=1024, preprocessing="tf",
-        groups=_MOBILENET)
+        groups=_MOBILENET, offline_weights="mobilenet_v1_1.0_imagenet_float16.npz")
     add("mobilenet_v2", "MobileNetV2", family="mobilenet_v2", size=224, features=1280,
         preprocessing="tf", groups=_MOBILENET_V2)
     for variant, fn, feats in (("small", "MobileNetV3Small", 576), ("large", "MobileNetV3Large", 960)):

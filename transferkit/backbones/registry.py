@@ -32,6 +32,8 @@ class BackboneSpec:
         groups: How to split the network into stem, blocks and top.
         description: One line for tables.
         source: ``"keras.applications"``, ``"test"`` or ``"user"``.
+        offline_weights: File name, in ``transferkit/assets``, of ImageNet weights shipped with
+            the package (by layer name, classifier included); used when the download fails.
 
     Example:
         >>> spec = get_backbone("mobilenet")
@@ -51,6 +53,7 @@ class BackboneSpec:
     groups: GroupRule = field(repr=False)
     description: str = ""
     source: str = "user"
+    offline_weights: str | None = None
 
     def __post_init__(self) -> None:
         if self.preprocessing not in PREPROCESSING_MODES:

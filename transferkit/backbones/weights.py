@@ -3,7 +3,9 @@
 ``weights`` is one of:
 
 * ``"imagenet"``: Keras' own download and cache (``$KERAS_HOME/models``, default ``~/.keras/models``).
-  With no network the error says so and names the remedies instead of a urllib traceback.
+  Where the download fails, backbones whose weights ship with transferkit (``mobilenet``) use
+  that copy and say so in one line; for the others the error names the remedies instead of a
+  urllib traceback.
 * ``None``: random initialisation.
 * a path to a ``.weights.h5`` (Keras 3) or ``.h5`` (Keras 2) file, full (with the ImageNet
   classifier) or headless; loaded layer by layer, and a file that does not fit is an error,
@@ -12,18 +14,23 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import urllib.error
+from collections.abc import Callable
+from importlib import resources
 from pathlib import Path
 
 import h5py
 import keras
+import numpy as np
 
 from transferkit.backbones.registry import BackboneSpec
 from transferkit.errors import WeightsUnavailableError
 
 WeightsArg = str | os.PathLike[str] | None
+log = logging.getLogger("transferkit")
 
 
 def keras_cache_dir() -> Path:
@@ -71,12 +78,7 @@ def build_backbone(spec: BackboneSpec, *, weights: WeightsArg, image_size: int |
                 f"Backbone {spec.name!r} has ImageNet weights only for image_size in {list(spec.weight_sizes)}. "
                 f"Received: image_size={size}. Use one of those sizes, or weights=None."
             )
-        try:
-            return spec.constructor(input_shape=shape, weights="imagenet")
-        except Exception as error:  # Keras wraps network errors in a bare Exception
-            if _is_download_failure(error):
-                raise _download_error(spec, error) from None
-            raise
+        return _imagenet(spec, spec.constructor, shape)
     if isinstance(weights, (str, os.PathLike)):
         path = Path(weights)
         if not path.is_file():
@@ -90,6 +92,62 @@ def build_backbone(spec: BackboneSpec, *, weights: WeightsArg, image_size: int |
     raise WeightsUnavailableError(
         f"Expected weights to be 'imagenet', None or a file path. Received: weights={weights!r}."
     )
+
+
+def _imagenet(spec: BackboneSpec, constructor: Callable[..., keras.Model], shape: tuple[int, int, int]) -> keras.Model:
+    """Keras' ImageNet download first; the copy shipped in the package when that fails."""
+    try:
+        return constructor(input_shape=shape, weights="imagenet")
+    except Exception as error:  # Keras wraps network errors in a bare Exception
+        if not _is_download_failure(error):
+            raise
+        if spec.offline_weights is None:
+            raise _download_error(spec, error) from None
+    log.warning("Keras could not download the ImageNet weights of %r; using the copy shipped with transferkit.",
+                spec.name)
+    model = constructor(input_shape=shape, weights=None)
+    load_weights_by_name(model, shipped_file(spec.offline_weights))
+    return model
+
+
+def build_classifier(spec: BackboneSpec, *, weights: WeightsArg, image_size: int | None = None) -> keras.Model:
+    """Build ``spec``'s network *with* its original ImageNet classifier (1000 softmax outputs).
+
+    Takes the same ``weights`` as :func:`build_backbone`; the input is what the network expects
+    (apply ``spec.preprocessing`` first, or use :func:`transferkit.imagenet.imagenet_classifier`).
+    """
+    if spec.classifier_constructor is None:
+        raise WeightsUnavailableError(f"Backbone {spec.name!r} has no ImageNet classifier variant.")
+    size = spec.check_size(image_size if image_size is not None else spec.input_size)
+    shape = (size, size, 3)
+    if isinstance(weights, str) and weights == "imagenet":
+        return _imagenet(spec, spec.classifier_constructor, shape)
+    model = spec.classifier_constructor(input_shape=shape, weights=None)
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise WeightsUnavailableError(f"weights={str(weights)!r} is not an existing file.")
+        _load_exact(model, path, spec)
+    return model
+
+
+def shipped_file(name: str) -> Path:
+    """Path of a file shipped in ``transferkit/assets``."""
+    return Path(str(resources.files("transferkit") / "assets" / name))
+
+
+def load_weights_by_name(model: keras.Model, path: Path) -> None:
+    """Load an ``.npz`` of ``"<layer>/<index>"`` arrays into every weighted layer of ``model``."""
+    with np.load(path) as arrays:
+        stored = set(arrays.files)
+        for layer in model.layers:
+            if not layer.weights:
+                continue
+            keys = [f"{layer.name}/{i}" for i in range(len(layer.weights))]
+            missing = [k for k in keys if k not in stored]
+            if missing:
+                raise WeightsUnavailableError(f"{path.name} has no weights for layer {layer.name!r} ({missing[0]}).")
+            layer.set_weights([arrays[k].astype(w.dtype) for k, w in zip(keys, layer.weights)])
 
 
 def _count_keras3_variables(path: Path) -> int:

@@ -1,0 +1,46 @@
+"""Helpers shared by the benchmark scripts (folds, data subsets, tables)."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+MOBILENET_NOTOP = SHARED / "weights" / "mobilenet_v1_1.0_224_imagenet_notop.weights.h5"
+FASHION_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
+
+
+def stratified_folds(labels: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
+    """Split indices into k folds keeping each class's share (deterministic for a seed)."""
+    rng = np.random.default_rng(seed)
+    folds: list[list[int]] = [[] for _ in range(k)]
+    for value in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == value))
+        for i, index in enumerate(members):
+            folds[i % k].append(int(index))
+    return [np.sort(np.asarray(f)) for f in folds]
+
+
+def write_fashion_subset(out: Path, per_class: int, seed: int = 0) -> Path:
+    """Write ``per_class`` Fashion-MNIST training images per class as PNG files under out/<class>/."""
+    folder = SHARED / "data" / "fashion-mnist"
+    with gzip.open(folder / "train-images-idx3-ubyte.gz") as f:
+        images = np.frombuffer(f.read(), np.uint8, offset=16)
+    with gzip.open(folder / "train-labels-idx1-ubyte.gz") as f:
+        labels = np.frombuffer(f.read(), np.uint8, offset=8)
+    images = images.reshape(-1, 28, 28)
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(FASHION_NAMES):
+        (out / name).mkdir(parents=True, exist_ok=True)
+        for i in rng.choice(np.flatnonzero(labels == c), per_class, replace=False):
+            Image.fromarray(images[i], "L").save(out / name / f"{i}.png")
+    return out
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)

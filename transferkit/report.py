@@ -1,0 +1,146 @@
+"""Pictures of a training run, written as PNG files (matplotlib, imported only when used).
+
+* :func:`plot_history` — loss and accuracy of both phases on one figure, phase boundary marked;
+* :func:`plot_confusion_matrix` — counts, true class down, predicted class across;
+* :func:`plot_predictions` — a grid of validation images titled "predicted (true)", mistakes in red.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from transferkit.errors import MissingDependencyError
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise MissingDependencyError(
+            "Plots need matplotlib, which is not installed. Fix: pip install matplotlib"
+        ) from None
+    return plt
+
+
+def plot_history(history: dict[str, dict[str, list[float]]], path: str | os.PathLike[str]) -> Path:
+    """Training curves of every phase, one after the other, with a line where each phase starts."""
+    plt = _pyplot()
+    metrics = [m for m in ("loss", "accuracy") if any(m in h for h in history.values())]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        start = 0
+        for phase, values in history.items():
+            epochs = np.arange(start + 1, start + 1 + len(values.get(metric, [])))
+            if start:
+                ax.axvline(start + 0.5, color="gray", linestyle="--", linewidth=1)
+                ax.text(start + 0.6, 0.98, phase.replace("_", " "), transform=ax.get_xaxis_transform(),
+                        va="top", fontsize=8, color="gray")
+            ax.plot(epochs, values.get(metric, []), "o-", color="tab:blue",
+                    label="train" if start == 0 else None)
+            if f"val_{metric}" in values:
+                ax.plot(epochs, values[f"val_{metric}"], "o-", color="tab:orange",
+                        label="validation" if start == 0 else None)
+            start += len(values.get(metric, []))
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.legend()
+    fig.suptitle("Training curves (dashed line: fine-tuning starts)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: str | os.PathLike[str]) -> Path:
+    """The confusion matrix as a heat map with the counts written in."""
+    plt = _pyplot()
+    cm = np.asarray(matrix)
+    size = max(4.0, 0.6 * len(class_names) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    top = cm.max() if cm.size else 0
+    for (i, j), count in np.ndenumerate(cm):
+        ax.text(j, i, str(count), ha="center", va="center", color="white" if count > top / 2 else "black")
+    accuracy = np.trace(cm) / max(cm.sum(), 1)
+    ax.set_title(f"Confusion matrix (accuracy {accuracy:.3f})")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_predictions(images: np.ndarray, true: Sequence[str], predicted: Sequence[str],
+                     path: str | os.PathLike[str], *, rows: int = 2, columns: int = 5) -> Path:
+    """A grid of images titled "predicted (true)"; misclassified ones get a red title and frame."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 3.0 * rows), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k >= len(images):
+            continue
+        ax.imshow(np.asarray(images[k]).astype("uint8"))
+        wrong = predicted[k] != true[k]
+        ax.set_title(f"{predicted[k]}\n(true: {true[k]})", fontsize=9, color="red" if wrong else "black")
+        if wrong:
+            ax.axis("on")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_edgecolor("red")
+                spine.set_linewidth(3)
+    fig.suptitle("Validation images: predicted (true); mistakes in red")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return out
+
+
+def write_report(tuner: Any, data: Any, out: str | os.PathLike[str], *, grid: int = 10) -> dict[str, Any]:
+    """Evaluate ``tuner`` on ``data.validation`` and write metrics.json, labels.txt and the three PNGs.
+
+    Returns the metrics written to ``metrics.json``.
+    """
+    import json
+
+    from transferkit.data import load_image
+
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "labels.txt").write_text("\n".join(tuner.class_names) + "\n")
+    metrics: dict[str, Any] = {"history": tuner.history, "skipped": [list(s) for s in data.skipped]}
+    plot_history(tuner.history, root / "training_curves.png")
+    if data.validation is not None:
+        evaluation = tuner.evaluate(data.validation)
+        metrics["validation"] = evaluation.to_dict()
+        plot_confusion_matrix(evaluation.confusion_matrix, tuner.class_names, root / "confusion_matrix.png")
+        files = data.validation_files
+        if files is not None and len(files):
+            # half mistakes (if there are that many), the rest right, so the grid shows both
+            predictions = tuner.predict(list(files.paths))
+            true = [files.class_names[i] for i in files.labels]
+            wrong = [i for i in range(len(true)) if predictions.labels[i] != true[i]]
+            right = [i for i in range(len(true)) if predictions.labels[i] == true[i]]
+            shown_wrong = wrong[: max(grid // 2, grid - len(right))]
+            order = sorted(shown_wrong + right[: grid - len(shown_wrong)])
+            images = np.stack([load_image(files.paths[i], image_size=tuner.image_size, resize=tuner.resize,
+                                          background=tuner.background) for i in order])
+            plot_predictions(images, [true[i] for i in order], [predictions.labels[i] for i in order],
+                             root / "predictions.png", rows=2, columns=max(1, (len(order) + 1) // 2))
+    (root / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics

@@ -1,10 +1,10 @@
-# One command each, on a fresh machine: `make test` (the tests) and `make backbones` (the main
-# command). Both create .venv and install transferkit with its dev and docs extras first.
+# One command each, on a fresh machine: `make demo` (the main job, offline) and `make test` (the
+# tests). Both create .venv and install transferkit with its dev and docs extras first.
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: install test lint docs backbones
+.PHONY: install test lint docs backbones demo
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,3 +25,6 @@ docs: install
 
 backbones: install
 	$(BIN)/transferkit backbones
+
+demo: install
+	$(BIN)/transferkit demo --out transferkit-demo

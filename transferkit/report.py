@@ -77,9 +77,21 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: 
     return _save(fig, path)
 
 
-def plot_predictions(images: np.ndarray, true: Sequence[str], predicted: Sequence[str],
-                     path: str | os.PathLike[str], *, rows: int = 2, columns: int = 5) -> Path:
-    """A grid of images titled "predicted (true)"; misclassified ones get a red title and frame."""
+def plot_predictions(
+    images: np.ndarray,
+    predicted: Sequence[str],
+    path: str | os.PathLike[str],
+    *,
+    true: Sequence[str] | None = None,
+    title: str | None = None,
+    rows: int = 2,
+    columns: int = 5,
+) -> Path:
+    """A grid of images titled by their predicted class.
+
+    With ``true`` labels, each title reads "predicted (true: …)" and mistakes get a red title
+    and frame.
+    """
     plt = _pyplot()
     fig, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 3.0 * rows), squeeze=False)
     for k, ax in enumerate(axes.flat):
@@ -87,8 +99,9 @@ def plot_predictions(images: np.ndarray, true: Sequence[str], predicted: Sequenc
         if k >= len(images):
             continue
         ax.imshow(np.asarray(images[k]).astype("uint8"))
-        wrong = predicted[k] != true[k]
-        ax.set_title(f"{predicted[k]}\n(true: {true[k]})", fontsize=9, color="red" if wrong else "black")
+        wrong = true is not None and predicted[k] != true[k]
+        label = predicted[k] if true is None else f"{predicted[k]}\n(true: {true[k]})"
+        ax.set_title(label, fontsize=9, color="red" if wrong else "black")
         if wrong:
             ax.axis("on")
             ax.set_xticks([])
@@ -96,7 +109,10 @@ def plot_predictions(images: np.ndarray, true: Sequence[str], predicted: Sequenc
             for spine in ax.spines.values():
                 spine.set_edgecolor("red")
                 spine.set_linewidth(3)
-    fig.suptitle("Validation images: predicted (true); mistakes in red")
+    if title is None and true is not None:
+        title = "Validation images: predicted (true); mistakes in red"
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -140,7 +156,7 @@ def write_report(tuner: Any, data: Any, out: str | os.PathLike[str], *, grid: in
             order = sorted(shown_wrong + right[: grid - len(shown_wrong)])
             images = np.stack([load_image(files.paths[i], image_size=tuner.image_size, resize=tuner.resize,
                                           background=tuner.background) for i in order])
-            plot_predictions(images, [true[i] for i in order], [predictions.labels[i] for i in order],
-                             root / "predictions.png", rows=2, columns=max(1, (len(order) + 1) // 2))
+            plot_predictions(images, [predictions.labels[i] for i in order], root / "predictions.png",
+                             true=[true[i] for i in order], rows=2, columns=max(1, (len(order) + 1) // 2))
     (root / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics

@@ -1,0 +1,50 @@
+"""Classify ten photos with a pretrained ImageNet network and save a 2×5 grid of the results.
+
+    python examples/pretrained_predictions.py                 # scikit-image's sample photos
+    python examples/pretrained_predictions.py PHOTO_DIR       # the first ten images of a folder
+
+Works offline: MobileNet v1's ImageNet weights and the 1000 class names ship with transferkit.
+The grid is written to pretrained_predictions.png.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from transferkit.data import IMAGE_EXTENSIONS, read_image, resize_image
+from transferkit.imagenet import decode_predictions, imagenet_classifier
+from transferkit.report import plot_predictions
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("folder", nargs="?", help="folder of photos (default: scikit-image samples)")
+parser.add_argument("--backbone", default="mobilenet")
+parser.add_argument("--out", default="pretrained_predictions.png")
+args = parser.parse_args()
+
+if args.folder:
+    paths = sorted(p for p in Path(args.folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)[:10]
+    if not paths:
+        sys.exit(f"error: no images ({', '.join(IMAGE_EXTENSIONS)}) in {args.folder}")
+    photos = [read_image(p) for p in paths]
+    names = [p.name for p in paths]
+else:
+    try:
+        from skimage import data as samples
+    except ImportError:
+        sys.exit("error: pass a folder of photos, or `pip install scikit-image` for its sample photos")
+    names = ["chelsea", "coffee", "astronaut", "rocket", "camera", "coins", "clock", "hubble_deep_field",
+             "colorwheel", "immunohistochemistry"]
+    photos = [Image.fromarray(np.asarray(getattr(samples, name)(), dtype=np.uint8)).convert("RGB") for name in names]
+
+model = imagenet_classifier(args.backbone, weights="imagenet")
+size = model.input_shape[1]
+batch = np.stack([resize_image(photo, size, mode="crop") for photo in photos]).astype("float32")
+top = decode_predictions(model.predict(batch, verbose=0), top=1)
+labels = [f"{t[0][1]} {t[0][2]:.2f}" for t in top]
+for name, label in zip(names, labels):
+    print(f"{name}: {label}")
+plot_predictions(batch, labels, args.out, title=f"Top ImageNet class ({args.backbone})")
+print(f"grid written to {args.out}")

@@ -2,6 +2,7 @@
 
     python examples/pretrained_predictions.py                 # scikit-image's sample photos
     python examples/pretrained_predictions.py PHOTO_DIR       # the first ten images of a folder
+    python examples/pretrained_predictions.py --hub HANDLE    # a Hub ImageNet classifier (URL or folder)
 
 Works offline: MobileNet v1's ImageNet weights and the 1000 class names ship with transferkit.
 The grid is written to pretrained_predictions.png.
@@ -21,6 +22,7 @@ from transferkit.report import plot_predictions
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("folder", nargs="?", help="folder of photos (default: scikit-image samples)")
 parser.add_argument("--backbone", default="mobilenet")
+parser.add_argument("--hub", help="a TensorFlow Hub ImageNet classifier: URL or SavedModel folder")
 parser.add_argument("--out", default="pretrained_predictions.png")
 args = parser.parse_args()
 
@@ -39,10 +41,24 @@ else:
              "colorwheel", "immunohistochemistry"]
     photos = [Image.fromarray(np.asarray(getattr(samples, name)(), dtype=np.uint8)).convert("RGB") for name in names]
 
-model = imagenet_classifier(args.backbone, weights="imagenet")
-size = model.input_shape[1]
+if args.hub:
+    import keras
+
+    from transferkit.hub import HubLayer
+    from transferkit.preprocessing import Preprocess
+
+    hub_layer = HubLayer(args.hub)
+    size = 224
+    inputs = keras.Input((size, size, 3))
+    model = keras.Model(inputs, keras.layers.Softmax()(hub_layer(Preprocess("unit")(inputs))))
+else:
+    model = imagenet_classifier(args.backbone, weights="imagenet")
+    size = model.input_shape[1]
 batch = np.stack([resize_image(photo, size, mode="crop") for photo in photos]).astype("float32")
-top = decode_predictions(model.predict(batch, verbose=0), top=1)
+probabilities = model.predict(batch, verbose=0)
+if probabilities.shape[1] == 1001:  # most Hub classifiers put a "background" class first
+    probabilities = probabilities[:, 1:]
+top = decode_predictions(probabilities, top=1)
 labels = [f"{t[0][1]} {t[0][2]:.2f}" for t in top]
 for name, label in zip(names, labels):
     print(f"{name}: {label}")

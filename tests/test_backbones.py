@@ -34,6 +34,7 @@ def test_backbone_builds_with_declared_features_and_complete_groups(name):
     size = max(spec.min_size, 32 if spec.family != "nasnet" else 64)
     net = tk.build_backbone(spec, weights=None, image_size=size)
     assert net.output_shape[-1] == spec.feature_dim
+    assert net.count_params() == spec.params
     groups = tk.layer_groups(net, spec.groups)
     grouped = [layer for members in groups.values() for layer in members]
     assert sorted(grouped) == sorted(layer.name for layer in net.layers)  # every layer exactly once

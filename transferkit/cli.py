@@ -46,17 +46,17 @@ def _cmd_backbones(args: argparse.Namespace) -> int:
     elif args.markdown:
         print(backbone_markdown(rows))
     else:
-        print(_table(rows, ("name", "family", "input_size", "feature_dim", "preprocessing")))
+        print(_table(rows, ("name", "family", "input_size", "params", "feature_dim", "preprocessing")))
         print(f"\n{len(rows)} backbones")
     return 0
 
 
 def backbone_markdown(rows: list[dict[str, Any]]) -> str:
     """The backbone table as Markdown (docs/backbones.md holds this output)."""
-    lines = ["| name | family | input size | feature size | preprocessing | constructor |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| `{r['name']}` | {r['family']} | {r['input_size']} | {r['feature_dim']} | {r['preprocessing']} | "
-              f"`{r['description']}` |" for r in rows]
+    lines = ["| name | family | input size | parameters | feature size | preprocessing | constructor |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| `{r['name']}` | {r['family']} | {r['input_size']} | {r['params']} | {r['feature_dim']} | "
+              f"{r['preprocessing']} | `{r['description']}` |" for r in rows]
     return "\n".join(lines)
 
 

@@ -19,7 +19,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from transferkit.backbones.registry import BackboneSpec, get_backbone
+from transferkit.backbones.groups import block_names, layer_groups
+from transferkit.backbones.registry import BackboneSpec, get_backbone, list_backbones
 from transferkit.backbones.weights import WeightsArg
 from transferkit.data import (
     IMAGE_EXTENSIONS,
@@ -32,7 +33,7 @@ from transferkit.data import (
     scan_folder,
 )
 from transferkit.errors import ConfigError, DataError, NotFittedError, check_choice
-from transferkit.freezing import FreezeAll, FreezePolicy, FreezeSummary, UnfreezeTop
+from transferkit.freezing import FreezeAll, FreezePolicy, FreezeSummary, UnfreezeTop, backbone_of
 from transferkit.heads import Head
 from transferkit.models import build_model
 
@@ -344,12 +345,19 @@ class FineTuner:
              verbose: Any) -> dict[str, list[float]]:
         train_ds, val_ds = self._adopt(train, validation)
         model = self.build()
-        summary: FreezeSummary = phase.policy.apply(model, self.spec)
+        policy = phase.policy
+        if isinstance(policy, UnfreezeTop):
+            available = len(block_names(layer_groups(backbone_of(model), self.spec.groups)))
+            if policy.blocks > available:  # e.g. a Hub module is one block
+                log.warning("%s has %d block(s); unfreezing all of them instead of %d.", self.spec.name,
+                            available, policy.blocks)
+                policy = dataclasses.replace(policy, blocks=available)
+        summary: FreezeSummary = policy.apply(model, self.spec)
         assert self.head is not None
         model.compile(optimizer=phase.make_optimizer(_steps(train_ds)), loss=self.head.loss(),
                       metrics=self.head.metrics())
         log.info("Phase %s: %d epochs, lr %g (%s), %s: %d of %d backbone parameters train", name, phase.epochs,
-                 phase.learning_rate, phase.schedule, phase.policy, summary.trainable_params, summary.total_params)
+                 phase.learning_rate, phase.schedule, policy, summary.trainable_params, summary.total_params)
         if phase.epochs == 0:
             return {}
         done = total_epochs(self.history)
@@ -502,6 +510,7 @@ class FineTuner:
         meta = {
             "format": 1,
             "backbone": self.spec.name,
+            "hub_handle": self.spec.description if self.spec.family == "hub" else None,
             "weights": None if self.weights is None else str(self.weights),
             "image_size": self.image_size,
             "class_names": list(self.class_names or ()),
@@ -514,15 +523,23 @@ class FineTuner:
         return out
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str]) -> FineTuner:
-        """Load a FineTuner written by :meth:`save`; predictions are identical."""
+    def load(cls, directory: str | os.PathLike[str], *, safe_mode: bool = True) -> FineTuner:
+        """Load a FineTuner written by :meth:`save`; predictions are identical.
+
+        Args:
+            safe_mode: Passed to ``keras.saving.load_model``. Models holding a TensorFlow Hub
+                module need ``safe_mode=False`` (loading runs the module's SavedModel graph).
+        """
         root = Path(directory)
         if not (root / MODEL_FILE).is_file() or not (root / META_FILE).is_file():
             raise DataError(f"{str(root)!r} is not a saved FineTuner: expected {MODEL_FILE} and {META_FILE} in it.")
         meta = json.loads((root / META_FILE).read_text())
-        tuner = cls(meta["backbone"], weights=meta["weights"], class_names=meta["class_names"],
+        backbone = meta["backbone"]
+        if meta.get("hub_handle") and backbone not in list_backbones(family="hub"):
+            backbone = meta["hub_handle"]  # an unregistered Hub module: resolve its handle again
+        tuner = cls(backbone, weights=meta["weights"], class_names=meta["class_names"],
                     head=Head.from_config(meta["head"]), image_size=meta["image_size"])
-        tuner.model = keras.saving.load_model(root / MODEL_FILE, safe_mode=True)
+        tuner.model = keras.saving.load_model(root / MODEL_FILE, safe_mode=safe_mode)
         tuner.resize = meta.get("resize", "pad")
         tuner.background = tuple(meta.get("background", WHITE))  # type: ignore[assignment]
         tuner.history = meta.get("history", {})

@@ -19,6 +19,7 @@ import numpy as np
 from transferkit.backbones.groups import TOP, block_names, layer_groups
 from transferkit.backbones.registry import BackboneSpec, get_backbone
 from transferkit.errors import ConfigError, closest
+from transferkit.hub import HubLayer
 
 BACKBONE_LAYER = "backbone"
 
@@ -74,6 +75,8 @@ class FreezePolicy:
         for layer in net.layers:
             is_bn = isinstance(layer, keras.layers.BatchNormalization)
             layer.trainable = layer.name in chosen and (self.train_batchnorm or not is_bn)
+            if isinstance(layer, HubLayer):  # no inner structure: BatchNorm inside follows `training`
+                layer.pass_training = self.train_batchnorm and layer.trainable
         if getattr(model, "compiled", False):
             model.compile_from_config(model.get_compile_config())
         return FreezeSummary(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import keras
 
 from transferkit.backbones.registry import BackboneSpec, get_backbone
@@ -49,4 +51,4 @@ def build_model(
     # layers non-trainable instead (see freezing.py), which Keras 3 honours in every mode.
     x = net(x)
     outputs = head.build(x, num_outputs)
-    return keras.Model(inputs, outputs, name=f"transferkit_{spec.name}")
+    return keras.Model(inputs, outputs, name="transferkit_" + re.sub(r"\W", "_", spec.name)[-60:])

@@ -43,6 +43,51 @@ _NASNET = GroupRule(
 )
 
 
+# Parameter counts of the headless networks (independent of the input size).
+_PARAMS = {
+    "convnext_base": 87566464,
+    "convnext_large": 196230336,
+    "convnext_small": 49454688,
+    "convnext_tiny": 27820128,
+    "convnext_xlarge": 348147968,
+    "densenet121": 7037504,
+    "densenet169": 12642880,
+    "densenet201": 18321984,
+    "efficientnet_b0": 4049571,
+    "efficientnet_b1": 6575239,
+    "efficientnet_b2": 7768569,
+    "efficientnet_b3": 10783535,
+    "efficientnet_b4": 17673823,
+    "efficientnet_b5": 28513527,
+    "efficientnet_b6": 40960143,
+    "efficientnet_b7": 64097687,
+    "efficientnet_v2_b0": 5919312,
+    "efficientnet_v2_b1": 6931124,
+    "efficientnet_v2_b2": 8769374,
+    "efficientnet_v2_b3": 12930622,
+    "efficientnet_v2_l": 117746848,
+    "efficientnet_v2_m": 53150388,
+    "efficientnet_v2_s": 20331360,
+    "inception_resnet_v2": 54336736,
+    "inception_v3": 21802784,
+    "mobilenet": 3228864,
+    "mobilenet_v2": 2257984,
+    "mobilenet_v3_large": 2996352,
+    "mobilenet_v3_small": 939120,
+    "nasnet_large": 84916818,
+    "nasnet_mobile": 4269716,
+    "resnet101": 42658176,
+    "resnet101_v2": 42626560,
+    "resnet152": 58370944,
+    "resnet152_v2": 58331648,
+    "resnet50": 23587712,
+    "resnet50_v2": 23564800,
+    "vgg16": 14714688,
+    "vgg19": 20024384,
+    "xception": 20861480,
+}
+
+
 def _keras(fn_name: str, *, include_top: bool = False, **fixed: Any) -> Callable[..., keras.Model]:
     """A constructor for ``keras.applications.<fn_name>``, resolved when called."""
 
@@ -83,6 +128,7 @@ def _add(
             description=f"keras.applications.{fn_name}",
             source="keras.applications",
             offline_weights=offline_weights,
+            params=_PARAMS[name],
         )
     )
 

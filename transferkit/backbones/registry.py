@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,7 @@ class BackboneSpec:
         groups: How to split the network into stem, blocks and top.
         description: One line for tables.
         source: ``"keras.applications"``, ``"test"`` or ``"user"``.
+        params: Parameter count of the headless network (for tables; checked by the tests).
         offline_weights: File name, in ``transferkit/assets``, of ImageNet weights shipped with
             the package (by layer name, classifier included); used when the download fails.
 
@@ -54,6 +56,7 @@ class BackboneSpec:
     description: str = ""
     source: str = "user"
     offline_weights: str | None = None
+    params: int | None = None
 
     def __post_init__(self) -> None:
         if self.preprocessing not in PREPROCESSING_MODES:
@@ -101,11 +104,21 @@ def register_backbone(spec: BackboneSpec, *, overwrite: bool = False) -> Backbon
 def get_backbone(name: str | BackboneSpec) -> BackboneSpec:
     """Look up a backbone by name (a spec is returned as it is).
 
+    A TensorFlow Hub URL or a local SavedModel folder gives a Hub backbone spec
+    (see :func:`transferkit.hub.hub_backbone`); ``hub:NAME`` finds one registered with
+    :func:`transferkit.hub.register_hub_backbone`.
+
     Raises:
         UnknownBackboneError: no such name; the message lists the closest names.
     """
     if isinstance(name, BackboneSpec):
         return name
+    if isinstance(name, str) and name in _REGISTRY:
+        return _REGISTRY[name]
+    if isinstance(name, str) and (name.startswith(("http://", "https://")) or os.path.isdir(name)):
+        from transferkit.hub import hub_backbone  # a Hub handle: URL or SavedModel folder
+
+        return hub_backbone(name)
     key = name.strip().lower().replace("-", "_") if isinstance(name, str) else name
     if key in _REGISTRY:
         return _REGISTRY[key]
@@ -142,6 +155,7 @@ def describe(spec: BackboneSpec) -> dict[str, Any]:
         "family": spec.family,
         "input_size": spec.input_size,
         "feature_dim": spec.feature_dim,
+        "params": f"{spec.params / 1e6:.1f}M" if spec.params else "?",
         "preprocessing": spec.preprocessing,
         "source": spec.source,
         "description": spec.description,

@@ -47,6 +47,7 @@ TINY_CNN = BackboneSpec(
     feature_dim=64,
     groups=GroupRule(blocks=(r"^(block\d+)_",), stem=r"^stem_", top=r"^top_"),
     description="8-32-channel CNN with BatchNorm, for tests",
+    params=9240,
     source="test",
 )
 

@@ -1,0 +1,136 @@
+"""TensorFlow Hub modules as Keras 3 backbones, with real SavedModels built in the tests."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from conftest import SHARED_WEIGHTS, needs_shared, write_image_folder
+
+import transferkit as tk
+from transferkit.hub import HubLayer, export_hub_module, hub_backbone, register_hub_backbone
+
+
+@pytest.fixture(scope="module")
+def tiny_module(tmp_path_factory):
+    """A Hub feature-vector module exported from the tiny CNN (it has BatchNorm)."""
+    net = tk.build_backbone(tk.get_backbone("tiny_cnn"), weights="imagenet")
+    path = tmp_path_factory.mktemp("hub") / "tiny_feature_vector"
+    export_hub_module(net, path, backbone="tiny_cnn")
+    return path, net
+
+
+def _reference(net):
+    return keras.Sequential([keras.Input((32, 32, 3)), tk.Preprocess("tf"), net, keras.layers.GlobalAveragePooling2D()])
+
+
+def _learnable(n=48, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    colours = np.array([(220, 30, 30), (30, 200, 40), (30, 40, 220)], dtype=np.float32)
+    x = np.clip(colours[y][:, None, None, :] + rng.normal(0, 30, (n, 32, 32, 3)), 0, 255).astype("float32")
+    return x, y
+
+
+def test_exported_module_loads_with_tensorflow_hub_and_matches_keras(tiny_module):
+    hub = pytest.importorskip("tensorflow_hub")
+    path, net = tiny_module
+    module = hub.load(str(path))
+    x = np.random.default_rng(0).uniform(0, 1, (4, 32, 32, 3)).astype("float32")
+    expected = _reference(net)(x * 255.0).numpy()
+    np.testing.assert_allclose(module(x).numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(HubLayer(str(path))(x).numpy(), expected, atol=1e-5)
+    assert len(module.trainable_variables) < len(module.variables)  # BatchNorm statistics are not trainable
+
+
+def test_hub_spec_infers_input_and_feature_size(tiny_module):
+    path, _ = tiny_module
+    spec = hub_backbone(path)
+    assert (spec.input_size, spec.feature_dim, spec.preprocessing) == (32, 64, "unit")
+    assert tk.get_backbone(str(path)).feature_dim == 64  # a folder is a handle too
+
+
+def test_variable_names_are_accepted_by_optimizers(tiny_module):
+    layer = HubLayer(str(tiny_module[0]), trainable=True)
+    assert layer.weights and all(":" not in w.name and "/" not in w.name for w in layer.weights)
+
+
+def _hub_model(path):
+    model = tk.build_model(str(path), num_outputs=3, weights="imagenet")
+    return model, model.get_layer("backbone").get_layer("hub_module")
+
+
+def test_frozen_module_stays_bit_identical_while_the_head_learns(tiny_module):
+    model, hub_layer = _hub_model(tiny_module[0])
+    before = [w.numpy().copy() for w in hub_layer.weights]
+    x, y = _learnable()
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
+    history = model.fit(x, y, epochs=6, batch_size=16, verbose=0).history["loss"]
+    assert history[-1] < history[0]
+    for old, new in zip(before, hub_layer.weights):
+        np.testing.assert_array_equal(old, new.numpy())
+
+
+def test_trainable_module_fine_tunes_its_own_variables(tiny_module):
+    model, hub_layer = _hub_model(tiny_module[0])
+    tk.UnfreezeAll().apply(model, str(tiny_module[0]))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    trainable = {w.name for w in hub_layer.trainable_weights}
+    before = {w.name: w.numpy().copy() for w in hub_layer.weights}
+    x, y = _learnable()
+    history = model.fit(x, y, epochs=6, batch_size=16, verbose=0).history["loss"]
+    assert history[-1] < history[0]
+    for w in hub_layer.weights:
+        changed = not np.array_equal(before[w.name], w.numpy())
+        assert changed == (w.name in trainable), w.name  # statistics stay: BatchNorm in inference mode
+    module_variable = hub_layer._module.trainable_variables[0]
+    assert not np.array_equal(before[hub_layer.trainable_weights[0].name], module_variable.numpy())
+
+    tk.UnfreezeAll(train_batchnorm=True).apply(model, str(tiny_module[0]))
+    stats = {w.name: w.numpy().copy() for w in hub_layer.non_trainable_weights}
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    assert any(not np.array_equal(stats[w.name], w.numpy()) for w in hub_layer.non_trainable_weights)
+
+
+def test_save_and_load_with_identical_predictions(tiny_module, tmp_path):
+    model, _ = _hub_model(tiny_module[0])
+    tk.UnfreezeAll().apply(model, str(tiny_module[0]))
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    x, y = _learnable(16)
+    model.fit(x, y, epochs=1, verbose=0)
+    model.save(tmp_path / "hub.keras")
+    with pytest.raises(tk.WeightsUnavailableError, match="safe_mode=False"):
+        keras.saving.load_model(tmp_path / "hub.keras")
+    loaded = keras.saving.load_model(tmp_path / "hub.keras", safe_mode=False)
+    np.testing.assert_array_equal(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
+
+
+def test_finetuner_with_a_registered_hub_backbone(tiny_module, tmp_path):
+    register_hub_backbone("tiny", tiny_module[0], overwrite=True)
+    data = tk.load_folder(write_image_folder(tmp_path / "data", per_class=8), image_size=32, batch_size=8)
+    tuner = tk.FineTuner("hub:tiny", weights="imagenet", seed=0,
+                         head_phase=tk.Phase(epochs=4, learning_rate=1e-2, policy=tk.FreezeAll()),
+                         fine_tune_phase=tk.Phase(epochs=1, learning_rate=1e-4, policy=tk.UnfreezeTop(2)))
+    tuner.fit(data, verbose=0)  # UnfreezeTop(2) on a one-block module unfreezes the module
+    tuner.save(tmp_path / "run")
+    loaded = tk.FineTuner.load(tmp_path / "run", safe_mode=False)
+    paths = list(data.validation_files.paths)
+    np.testing.assert_array_equal(tuner.predict(paths).probabilities, loaded.predict(paths).probabilities)
+
+
+def test_missing_handles_name_the_problem(tmp_path):
+    with pytest.raises(tk.WeightsUnavailableError, match="saved_model.pb"):
+        HubLayer(str(tmp_path))
+    with pytest.raises(tk.WeightsUnavailableError, match="unpack it into a folder"):
+        HubLayer("https://tfhub.dev/google/imagenet/mobilenet_v2_100_224/feature_vector/5")
+
+
+@needs_shared
+def test_real_mobilenet_exported_as_hub_module_gives_the_same_features(tmp_path):
+    spec = tk.get_backbone("mobilenet")
+    net = tk.build_backbone(spec, weights=str(SHARED_WEIGHTS / "mobilenet_v1_1.0_224_imagenet_notop.weights.h5"),
+                            image_size=128)
+    export_hub_module(net, tmp_path / "mobilenet", backbone=spec)
+    x = np.random.default_rng(0).uniform(0, 1, (2, 128, 128, 3)).astype("float32")
+    expected = keras.layers.GlobalAveragePooling2D()(net(tk.Preprocess("tf")(x * 255.0))).numpy()
+    np.testing.assert_allclose(HubLayer(str(tmp_path / "mobilenet"))(x).numpy(), expected, atol=1e-4)

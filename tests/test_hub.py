@@ -134,3 +134,15 @@ def test_real_mobilenet_exported_as_hub_module_gives_the_same_features(tmp_path)
     x = np.random.default_rng(0).uniform(0, 1, (2, 128, 128, 3)).astype("float32")
     expected = keras.layers.GlobalAveragePooling2D()(net(tk.Preprocess("tf")(x * 255.0))).numpy()
     np.testing.assert_allclose(HubLayer(str(tmp_path / "mobilenet"))(x).numpy(), expected, atol=1e-4)
+
+
+def test_plain_savedmodel_with_a_serving_signature(tmp_path):
+    net = tk.build_backbone(tk.get_backbone("tiny_cnn"), weights="imagenet")
+    pooled = keras.Sequential([keras.Input((32, 32, 3)), net, keras.layers.GlobalAveragePooling2D()])
+    pooled.export(str(tmp_path / "exported"), verbose=False)  # Keras' own SavedModel export, no Hub API
+    layer = HubLayer(str(tmp_path / "exported"), signature="serving_default")
+    x = np.random.default_rng(0).uniform(-1, 1, (3, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(layer(x).numpy(), pooled(x).numpy(), atol=1e-5)
+    assert len(layer.weights) == len(pooled.weights)
+    with pytest.raises(tk.ConfigError, match="no signature 'serve_me'"):
+        HubLayer(str(tmp_path / "exported"), signature="serve_me")

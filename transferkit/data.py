@@ -504,6 +504,9 @@ class ImageData:
         train_files, validation_files: The files behind each split (``None`` for arrays).
         skipped: ``(path, reason)`` of files left out as unusable.
         resize, background: How images were fitted to the square, for predicting later.
+        augment: The augmentation applied to training batches, if any.
+        train_ordered: The training split in a fixed order without augmentation (for feature
+            extraction); ``batch_size`` and ``seed`` are those of the training pipeline.
     """
 
     train: tf.data.Dataset
@@ -519,6 +522,10 @@ class ImageData:
     multi_label: bool = False
     num_train: int = 0
     num_validation: int = 0
+    augment: Augment | None = None
+    train_ordered: tf.data.Dataset | None = None
+    batch_size: int = 32
+    seed: int = 0
 
 
 def from_files(
@@ -546,6 +553,7 @@ def from_files(
     common = dict(image_size=image_size, batch_size=batch_size, resize=resize, background=background, seed=seed)
     train = make_dataset(train_files, training=True, augment=augment, cache=cache, **common)
     validation = make_dataset(val_files, cache=cache, **common) if val_files is not None else None
+    ordered = make_dataset(train_files, cache=False, **common)
     return ImageData(
         train=train,
         validation=validation,
@@ -560,6 +568,10 @@ def from_files(
         multi_label=files.multi_label,
         num_train=len(train_files),
         num_validation=len(val_files) if val_files is not None else 0,
+        augment=augment,
+        train_ordered=ordered,
+        batch_size=batch_size,
+        seed=seed,
     )
 
 
@@ -691,4 +703,8 @@ def from_arrays(
         resize="stretch",
         num_train=len(train_idx),
         num_validation=len(val_idx),
+        augment=augment,
+        train_ordered=pipeline(train_idx, False),
+        batch_size=batch_size,
+        seed=seed,
     )

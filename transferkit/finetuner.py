@@ -33,6 +33,15 @@ from transferkit.data import (
     scan_folder,
 )
 from transferkit.errors import ConfigError, DataError, NotFittedError, check_choice
+from transferkit.features import (
+    FeatureCache,
+    cache_key,
+    feature_dataset,
+    files_digest,
+    has_random_layers,
+    split_at_boundary,
+    weights_digest,
+)
 from transferkit.freezing import FreezeAll, FreezePolicy, FreezeSummary, UnfreezeTop, backbone_of
 from transferkit.heads import Head
 from transferkit.models import build_model
@@ -223,6 +232,10 @@ class FineTuner:
             top 2 blocks, cosine with 1 warm-up epoch). ``None`` skips fine-tuning in :meth:`fit`.
         class_weight: ``None``, ``"balanced"`` (weights from the training split) or a dict.
         seed: Seeds Python, NumPy and TensorFlow for repeatable runs.
+        cache: Train on cached features wherever that gives the same result as running the
+            frozen layers every epoch (ImageData without augmentation; see
+            :mod:`transferkit.features`). ``True``: in memory; a folder path or
+            :class:`FeatureCache`: on disk, reused across runs; ``False``: never.
 
     Example:
         >>> data = load_folder("photos", image_size=224)
@@ -245,6 +258,7 @@ class FineTuner:
         fine_tune_phase: Phase | None = FINE_TUNE_PHASE,
         class_weight: str | dict[int, float] | None = None,
         seed: int | None = None,
+        cache: bool | str | os.PathLike[str] | FeatureCache = True,
     ) -> None:
         self.spec = get_backbone(backbone)
         self.weights = weights
@@ -268,6 +282,13 @@ class FineTuner:
         self.model: keras.Model | None = None
         self.history: dict[str, dict[str, list[float]]] = {}
         self._class_weight_from_data: dict[int, float] | None = None
+        self._data: ImageData | None = None
+        if cache is True:
+            self.cache: FeatureCache | None = FeatureCache()
+        elif cache is False or cache is None:
+            self.cache = None
+        else:
+            self.cache = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
 
     # ------------------------------------------------------------------ model
 
@@ -320,8 +341,10 @@ class FineTuner:
             self._class_weight_from_data = data.class_weight
             if data.multi_label and self.head is None:
                 self.head = Head(task="multi_label")
+            self._data = data if validation is None else None  # features are cached for ImageData only
             return data.train, (validation if validation is not None else data.validation)
         if isinstance(train, tf.data.Dataset):
+            self._data = None
             if isinstance(validation, ImageData):
                 validation = validation.validation
             return train, validation
@@ -361,12 +384,73 @@ class FineTuner:
         if phase.epochs == 0:
             return {}
         done = total_epochs(self.history)
+        plan = self._cache_plan(model, callbacks)
+        if plan is not None:
+            extractor, tail, where = plan
+            train_ds, val_ds = self._cached_datasets(extractor, name, verbose)
+            tail.compile(optimizer=phase.make_optimizer(_steps(train_ds)), loss=self.head.loss(),
+                         metrics=self.head.metrics())
+            log.info("Phase %s trains on cached features (%s): the frozen layers below run once, not every "
+                     "epoch. FineTuner(cache=False) turns this off.", name, where)
+            model = tail
         result = model.fit(train_ds, validation_data=val_ds, epochs=done + phase.epochs, initial_epoch=done,
                            callbacks=list(callbacks), class_weight=self._resolve_class_weight(), verbose=verbose,
                            shuffle=False)  # the pipeline shuffles itself
         history = {k: [float(v) for v in values] for k, values in result.history.items()}
         self.history[name] = history
         return history
+
+    def _cache_plan(self, model: keras.Model, callbacks: Sequence[Any]) -> tuple[keras.Model, keras.Model, str] | None:
+        """``(extractor, tail, where)`` when training on cached features gives the same result."""
+        data = self._data
+        if self.cache is None or data is None or data.train_ordered is None:
+            return None
+        if data.augment is not None:
+            return None  # augmented images differ every epoch: cached features would not
+        if any(isinstance(c, (keras.callbacks.ModelCheckpoint, keras.callbacks.BackupAndRestore))
+               for c in callbacks):
+            return None  # they would save the part above the cache, not the whole model
+        net = backbone_of(model)
+        names = [layer.name for layer in model.layers]
+        head_input = model.layers[names.index(net.name) + 1].input
+        head = keras.Model(head_input, model.output, name="head")
+        image = keras.Input(model.input_shape[1:], name="image")
+        preprocessed = model.get_layer("preprocess")(image)
+        if not any(layer.trainable and layer.weights for layer in net.layers):
+            if has_random_layers(net):
+                return None
+            return keras.Model(image, net(preprocessed), name="extractor"), head, "backbone output"
+        split = split_at_boundary(net)
+        if split is None:
+            return None
+        bottom, top = split
+        cut = keras.Input(bottom.output_shape[1:], name="activations")
+        tail = keras.Model(cut, head(top(cut)), name="tail")
+        where = f"activations at the freeze boundary, {bottom.output_shape[1:]} per image"
+        return keras.Model(image, bottom(preprocessed), name="extractor"), tail, where
+
+    def _cached_datasets(self, extractor: keras.Model, name: str, verbose: Any
+                         ) -> tuple[tf.data.Dataset, tf.data.Dataset | None]:
+        data = self._data
+        assert data is not None and data.train_ordered is not None and self.cache is not None
+        model_key = weights_digest(extractor)
+
+        def key(split: str) -> str:
+            files = data.train_files if split == "train" else data.validation_files
+            source = files_digest(files.paths, files.labels) if files is not None else f"arrays:{id(data)}"
+            return cache_key(model=model_key, source=source, split=split, size=data.image_size,
+                             resize=data.resize, background=data.background)
+
+        show = verbose not in (0, False)
+        train = self.cache.compute(key("train"), extractor, data.train_ordered, data.num_train, progress=show)
+        train_ds = feature_dataset(train, batch_size=data.batch_size, shuffle=True, seed=data.seed)
+        val_ds = None
+        if data.validation is not None:
+            val = self.cache.compute(key("validation"), extractor, data.validation, data.num_validation,
+                                     progress=show)
+            val_ds = feature_dataset(val, batch_size=data.batch_size, shuffle=False, seed=data.seed)
+        log.info("Features for phase %s: %s", name, "from the cache" if train.hit else "computed and cached")
+        return train_ds, val_ds
 
     def train_head(self, train: Any, validation: Any = None, *, phase: Phase | None = None,
                    callbacks: Sequence[Any] = (), verbose: Any = "auto") -> dict[str, list[float]]:

@@ -3,6 +3,7 @@
     transferkit backbones [--filter TEXT] [--json]
     transferkit train DATA_DIR --backbone NAME --weights imagenet|none|PATH [--out RUN_DIR] [--config F] …
     transferkit demo [--out DIR]
+    transferkit tune DATA_DIR --backbone NAME --weights W [--max-trials 20] [--tuner random|bayesian|hyperband]
     transferkit evaluate RUN_DIR DATA_DIR
     transferkit predict RUN_DIR IMAGE_OR_DIR [--top-k 3] [--json]
 
@@ -167,6 +168,39 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    import transferkit as tk
+    from transferkit.features import FeatureCache
+    from transferkit.report import write_report
+    from transferkit.tuning import plot_scores, search, tuner_for_trial
+
+    spec = tk.get_backbone(args.backbone)
+    weights = _weights(args.weights)
+    data = tk.load_folder(args.data_dir, image_size=args.image_size or spec.input_size, seed=args.seed,
+                          batch_size=args.batch_size, progress=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = FeatureCache()
+    resumed = (out / "search").is_dir()
+    print(f"{'Resuming' if resumed else 'Starting'} a {args.tuner} search of {args.max_trials} trials over the head"
+          f"{' and the fine-tune depth' if args.fine_tune else ''} of {spec.name} ({out / 'search'})")
+    result = search(data, spec, weights=weights, max_trials=args.max_trials, tuner=args.tuner, epochs=args.epochs,
+                    fine_tune=args.fine_tune, directory=out / "search", seed=args.seed, cache=cache)
+    print(result.table())
+    result.write_csv(out / "trials.csv")
+    plot_scores(result, out / "search_scores.png")
+    print(f"Best trial: validation accuracy {result.best_score:.4f} with "
+          + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                      for k, v in result.best_values.items() if not k.startswith("tuner/")))
+    best = tuner_for_trial(result.best_values, spec, weights=weights, epochs=args.epochs,
+                           fine_tune_epochs=3 if args.fine_tune else 0, seed=args.seed, cache=cache)
+    best.fit(data, verbose=0)
+    best.save(out)
+    write_report(best, data, out)
+    print(f"Retrained the best trial and saved it with its report, trials.csv and search_scores.png to {out}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from transferkit.demo import run_demo
 
@@ -242,6 +276,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--out", help="folder for the model, labels, metrics and plots (default ./run)")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("tune", help="search the head (and fine-tune depth) with keras-tuner")
+    p.add_argument("data_dir")
+    p.add_argument("--backbone", default="mobilenet_v2")
+    p.add_argument("--weights", default="imagenet", help="'imagenet', 'none' or a weights file")
+    p.add_argument("--max-trials", type=int, default=20)
+    p.add_argument("--tuner", default="random", choices=["random", "bayesian", "hyperband"])
+    p.add_argument("--epochs", type=int, default=10, help="head-training epochs per trial")
+    p.add_argument("--fine-tune", action="store_true", help="also search the fine-tune depth and learning rate")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="tune", help="run folder; running again on it resumes the search")
+    p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("demo", help="the whole job offline: fine-tune the shipped MobileNet on shipped photos")
     p.add_argument("--out", default="transferkit-demo", help="folder for the data, the run and its report")

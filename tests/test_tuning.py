@@ -1,0 +1,57 @@
+"""keras-tuner search over the head and the fine-tune depth, offline on tiny data."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+from conftest import write_image_folder
+from PIL import Image
+
+import transferkit as tk
+from transferkit.cli import main
+from transferkit.features import FeatureCache
+from transferkit.tuning import search
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = write_image_folder(tmp_path_factory.mktemp("tune") / "data", per_class=8)
+    return tk.load_folder(folder, image_size=32, batch_size=8, seed=0)
+
+
+def test_head_search_shares_one_feature_extraction_and_resumes(data, tmp_path):
+    cache = FeatureCache()
+    result = search(data, "tiny_cnn", weights="imagenet", max_trials=3, epochs=2, directory=tmp_path, cache=cache)
+    assert len(result.rows) == 3 and cache.misses == 2  # train and validation features, once for all trials
+    assert cache.hits == 2 * 2
+    assert {"units", "dropout", "learning_rate", "score", "seconds"} <= set(result.rows[0])
+    assert result.best_score == max(row["score"] for row in result.rows)
+    resumed = search(data, "tiny_cnn", weights="imagenet", max_trials=5, epochs=2, directory=tmp_path)
+    assert [r["trial"] for r in resumed.rows[:3]] == [r["trial"] for r in result.rows]  # kept, not rerun
+    assert len(resumed.rows) == 5
+
+
+@pytest.mark.parametrize("tuner", ["bayesian", "hyperband"])
+def test_two_phase_trials_with_other_tuners(data, tmp_path, tuner):
+    result = search(data, "tiny_cnn", weights="imagenet", max_trials=2, epochs=2, fine_tune=True,
+                    fine_tune_epochs=1, tuner=tuner, directory=tmp_path)
+    assert result.rows and "fine_tune_blocks" in result.rows[0]
+
+
+def test_tune_command_writes_table_plot_and_best_model(data, tmp_path, capsys):
+    folder = str(data.train_files.paths[0]).rsplit("/", 2)[0]
+    code = main(["tune", folder, "--backbone", "tiny_cnn", "--weights", "imagenet", "--max-trials", "2",
+                 "--epochs", "2", "--out", str(tmp_path / "tune")])
+    assert code == 0
+    out = tmp_path / "tune"
+    with open(out / "trials.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and {"trial", "score", "seconds"} <= set(rows[0])
+    with Image.open(out / "search_scores.png") as image:
+        assert image.size[0] > 300
+    assert (out / "model.keras").is_file() and (out / "metrics.json").is_file()
+    assert "Best trial" in capsys.readouterr().out
+    assert main(["tune", folder, "--backbone", "tiny_cnn", "--weights", "imagenet", "--max-trials", "3",
+                 "--epochs", "2", "--out", str(out)]) == 0
+    assert "Resuming" in capsys.readouterr().out

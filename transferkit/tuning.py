@@ -1,0 +1,210 @@
+"""Hyperparameter search with keras-tuner over the head and, optionally, the fine-tune depth.
+
+Every trial is a :class:`~transferkit.finetuner.FineTuner` run, so a trial trains exactly what
+``transferkit train`` would. The trials share one :class:`~transferkit.features.FeatureCache`:
+head-only trials extract the backbone's features once for the whole search and then train only
+the head. Two-phase trials fine-tune the top blocks too; keras-tuner cannot compile and fit one
+trial's model twice on its own (keras-tuner#629), hence the custom ``run_trial``.
+
+Example:
+    >>> result = search(data, "mobilenet", weights="imagenet", max_trials=20, directory="search/")
+    >>> result.best_values
+    {'units': 256, 'dropout': 0.3, 'learning_rate': 0.002}
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from transferkit.backbones.registry import BackboneSpec, get_backbone
+from transferkit.backbones.weights import WeightsArg
+from transferkit.data import ImageData
+from transferkit.errors import MissingDependencyError, check_choice
+from transferkit.features import FeatureCache
+from transferkit.finetuner import FINE_TUNE_PHASE, HEAD_PHASE, FineTuner
+from transferkit.freezing import UnfreezeTop
+from transferkit.heads import Head
+
+TUNERS = ("random", "bayesian", "hyperband")
+
+
+def _keras_tuner() -> Any:
+    try:
+        import keras_tuner
+    except ImportError:
+        raise MissingDependencyError("Search needs keras-tuner. Fix: pip install keras-tuner tensorboard") from None
+    return keras_tuner
+
+
+def search_space(*, fine_tune: bool = False) -> Any:
+    """The hyperparameters searched: head size, dropout, learning rate (and fine-tune depth and rate)."""
+    kt = _keras_tuner()
+    hp = kt.HyperParameters()
+    hp.Choice("units", [0, 64, 128, 256, 512])
+    hp.Float("dropout", 0.0, 0.5, step=0.1)
+    hp.Float("learning_rate", 1e-4, 1e-2, sampling="log")
+    if fine_tune:
+        hp.Int("fine_tune_blocks", 1, 4)
+        hp.Float("fine_tune_learning_rate", 1e-5, 1e-3, sampling="log")
+    return hp
+
+
+def tuner_for_trial(values: dict[str, Any], backbone: str | BackboneSpec, *, weights: WeightsArg, epochs: int,
+                    fine_tune_epochs: int, seed: int, cache: FeatureCache | bool) -> FineTuner:
+    """The FineTuner a trial with these hyperparameter ``values`` trains."""
+    units = int(values.get("units", 0))
+    head = Head(hidden_units=(units,) if units else (), dropout=float(values.get("dropout", 0.2)))
+    head_phase = dataclasses.replace(HEAD_PHASE, epochs=int(values.get("tuner/epochs", epochs)),
+                                     learning_rate=float(values.get("learning_rate", HEAD_PHASE.learning_rate)))
+    fine = None
+    if "fine_tune_blocks" in values and fine_tune_epochs:
+        fine = dataclasses.replace(FINE_TUNE_PHASE, epochs=fine_tune_epochs,
+                                   policy=UnfreezeTop(int(values["fine_tune_blocks"])),
+                                   learning_rate=float(values["fine_tune_learning_rate"]))
+    return FineTuner(backbone, weights=weights, head=head, head_phase=head_phase, fine_tune_phase=fine, seed=seed,
+                     cache=cache)
+
+
+def _tuner_class(kind: str) -> type:
+    kt = _keras_tuner()
+    base = {"random": kt.RandomSearch, "bayesian": kt.BayesianOptimization, "hyperband": kt.Hyperband}[kind]
+
+    class TransferTuner(base):  # type: ignore[misc, valid-type]
+        """Runs each trial as a FineTuner (one or two phases) on shared cached features."""
+
+        def __init__(self, *, data: ImageData, backbone: Any, weights: WeightsArg, epochs: int,
+                     fine_tune_epochs: int, trial_seed: int, cache: FeatureCache, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self._data, self._backbone, self._weights = data, backbone, weights
+            self._epochs, self._fine_tune_epochs, self._seed, self._cache = epochs, fine_tune_epochs, trial_seed, cache
+            self._times_file = Path(self.project_dir) / "trial_seconds.json"
+            self.trial_seconds: dict[str, float] = (
+                json.loads(self._times_file.read_text()) if self._times_file.is_file() else {})
+
+        def run_trial(self, trial: Any, *args: Any, **kwargs: Any) -> dict[str, float]:
+            start = time.perf_counter()
+            tuner = tuner_for_trial(trial.hyperparameters.values, self._backbone, weights=self._weights,
+                                    epochs=self._epochs, fine_tune_epochs=self._fine_tune_epochs, seed=self._seed,
+                                    cache=self._cache)
+            tuner.fit(self._data, verbose=0)
+            score = tuner.evaluate(self._data.validation).accuracy
+            keras.backend.clear_session()  # each trial builds a new model: free the last one
+            self.trial_seconds[trial.trial_id] = time.perf_counter() - start
+            self._times_file.write_text(json.dumps(self.trial_seconds))
+            return {"val_accuracy": score}
+
+    return TransferTuner
+
+
+@dataclass
+class SearchResult:
+    """What a search found.
+
+    Attributes:
+        rows: One dict per finished trial: ``trial``, the hyperparameter values, ``score``, ``seconds``.
+        best_values: Hyperparameter values of the best trial.
+        best_score: Its validation accuracy.
+        directory: keras-tuner's project folder (run the search again on it to resume).
+    """
+
+    rows: list[dict[str, Any]]
+    best_values: dict[str, Any]
+    best_score: float
+    directory: Path
+
+    def write_csv(self, path: str | Path) -> Path:
+        out = Path(path)
+        columns = sorted({k for row in self.rows for k in row}, key=lambda c: (c != "trial", c))
+        with open(out, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        return out
+
+    def table(self) -> str:
+        names = [k for k in self.best_values if not k.startswith("tuner/")]
+        header = ["trial", *names, "score", "seconds"]
+        lines = ["  ".join(f"{h:>12}" for h in header)]
+        for row in self.rows:
+            cells = [row["trial"], *(row.get(n, "") for n in names), f"{row['score']:.4f}", f"{row['seconds']:.1f}"]
+            lines.append("  ".join(f"{c if not isinstance(c, float) else f'{c:.4g}':>12}" for c in cells))
+        return "\n".join(lines)
+
+
+def search(
+    data: ImageData,
+    backbone: str | BackboneSpec,
+    *,
+    weights: WeightsArg,
+    max_trials: int = 20,
+    tuner: str = "random",
+    epochs: int = 10,
+    fine_tune: bool = False,
+    fine_tune_epochs: int = 3,
+    directory: str | Path = "transferkit-search",
+    overwrite: bool = False,
+    seed: int = 0,
+    cache: FeatureCache | None = None,
+) -> SearchResult:
+    """Search the head (and optionally the fine-tune depth and rate) with keras-tuner.
+
+    Args:
+        data: Training and validation data (the validation accuracy is the score).
+        backbone, weights: As for :class:`FineTuner`.
+        max_trials: Trials to run (for ``"hyperband"``: the budget is set by ``epochs``).
+        tuner: ``"random"``, ``"bayesian"`` or ``"hyperband"``.
+        epochs: Head-training epochs per trial (Hyperband's maximum).
+        fine_tune: Also search ``fine_tune_blocks`` and ``fine_tune_learning_rate``
+            (two-phase trials; slower, since fine-tuning cannot run on the final features).
+        directory: keras-tuner's folder. With ``overwrite=False`` an interrupted search resumes.
+        cache: Share a feature cache (a new in-memory one by default).
+    """
+    kt = _keras_tuner()
+    check_choice("tuner", tuner, TUNERS)
+    spec = get_backbone(backbone)
+    cls = _tuner_class(tuner)
+    budget = {"max_epochs": epochs, "hyperband_iterations": 1} if tuner == "hyperband" else {"max_trials": max_trials}
+    runner = cls(
+        data=data, backbone=spec, weights=weights, epochs=epochs,
+        fine_tune_epochs=fine_tune_epochs if fine_tune else 0, trial_seed=seed, cache=cache or FeatureCache(),
+        hyperparameters=search_space(fine_tune=fine_tune), objective=kt.Objective("val_accuracy", "max"),
+        directory=str(directory), project_name=spec.name.replace(":", "_").replace("/", "_"),
+        overwrite=overwrite, seed=seed, **budget,
+    )
+    runner.search(verbose=0)
+    rows = []
+    for trial in sorted(runner.oracle.trials.values(), key=lambda t: int(t.trial_id) if t.trial_id.isdigit() else 0):
+        if trial.score is None:
+            continue
+        values = {k: v for k, v in trial.hyperparameters.values.items() if not k.startswith("tuner/")}
+        rows.append({"trial": trial.trial_id, **values, "score": float(trial.score),
+                     "seconds": float(runner.trial_seconds.get(trial.trial_id, float("nan")))})
+    best = runner.oracle.get_best_trials(1)[0]
+    return SearchResult(rows=rows, best_values=dict(best.hyperparameters.values), best_score=float(best.score),
+                        directory=Path(runner.project_dir))
+
+
+def plot_scores(result: SearchResult, path: str | Path) -> Path:
+    """Score of each trial in order, with the best so far as a line."""
+    from transferkit.report import _pyplot, _save
+
+    plt = _pyplot()
+    scores = [row["score"] for row in result.rows]
+    best = [max(scores[: i + 1]) for i in range(len(scores))]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(range(1, len(scores) + 1), scores, "o", label="trial")
+    ax.plot(range(1, len(scores) + 1), best, "-", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title("Hyperparameter search")
+    ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)

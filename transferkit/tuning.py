@@ -158,7 +158,8 @@ def search(
 
     Args:
         data: Training and validation data (the validation accuracy is the score).
-        backbone, weights: As for :class:`FineTuner`.
+        backbone: Registry name, Hub handle or spec, as for :class:`FineTuner`.
+        weights: As for :class:`FineTuner`.
         max_trials: Trials to run (for ``"hyperband"``: the budget is set by ``epochs``).
         tuner: ``"random"``, ``"bayesian"`` or ``"hyperband"``.
         epochs: Head-training epochs per trial (Hyperband's maximum).

@@ -94,17 +94,24 @@ def build_backbone(spec: BackboneSpec, *, weights: WeightsArg, image_size: int |
     )
 
 
+# Backbones whose Keras download already failed in this process: their shipped copy is used at
+# once, so that a search building the network for every trial does not retry (and print) each time.
+_DOWNLOAD_FAILED: set[str] = set()
+
+
 def _imagenet(spec: BackboneSpec, constructor: Callable[..., keras.Model], shape: tuple[int, int, int]) -> keras.Model:
     """Keras' ImageNet download first; the copy shipped in the package when that fails."""
-    try:
-        return constructor(input_shape=shape, weights="imagenet")
-    except Exception as error:  # Keras wraps network errors in a bare Exception
-        if not _is_download_failure(error):
-            raise
-        if spec.offline_weights is None:
-            raise _download_error(spec, error) from None
-    log.warning("Keras could not download the ImageNet weights of %r; using the copy shipped with transferkit.",
-                spec.name)
+    if spec.offline_weights is None or spec.name not in _DOWNLOAD_FAILED:
+        try:
+            return constructor(input_shape=shape, weights="imagenet")
+        except Exception as error:  # Keras wraps network errors in a bare Exception
+            if not _is_download_failure(error):
+                raise
+            if spec.offline_weights is None:
+                raise _download_error(spec, error) from None
+        _DOWNLOAD_FAILED.add(spec.name)
+        log.warning("Keras could not download the ImageNet weights of %r; using the copy shipped with transferkit.",
+                    spec.name)
     model = constructor(input_shape=shape, weights=None)
     load_weights_by_name(model, shipped_file(spec.offline_weights))
     return model

@@ -21,11 +21,18 @@ def test_imagenet_names_ship_with_the_package():
     assert names[285] == "Egyptian cat" and names[967] == "espresso" and names[0] == "tench"
 
 
-def test_shipped_mobilenet_classifies_real_photos_offline(caplog):
+def test_shipped_mobilenet_classifies_real_photos_offline(caplog, monkeypatch):
     skimage_data = pytest.importorskip("skimage.data")
+    from transferkit.backbones import weights
+
+    monkeypatch.setattr(weights, "_DOWNLOAD_FAILED", set())  # as in a fresh process
     with caplog.at_level("WARNING", logger="transferkit"):
         model = imagenet_classifier("mobilenet", weights="imagenet")  # sockets are blocked
     assert "copy shipped with transferkit" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="transferkit"):
+        imagenet_classifier("mobilenet", weights="imagenet", image_size=128)
+    assert "copy shipped" not in caplog.text  # one attempt and one line per process, not per model
     photos = [skimage_data.chelsea(), skimage_data.coffee()]
     x = np.stack([resize_image(Image.fromarray(p), 224, mode="stretch") for p in photos]).astype("float32")
     top = decode_predictions(model.predict(x, verbose=0), top=1)

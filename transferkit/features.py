@@ -132,7 +132,7 @@ class FeatureCache:
         labels: list[np.ndarray] = []
         done = 0
         for images, batch_labels in batches:
-            out = keras.ops.convert_to_numpy(extractor(images, training=False))
+            out = np.asarray(extractor.predict_on_batch(images))
             features[done:done + len(out)] = out
             labels.append(np.asarray(batch_labels))
             done += len(out)

@@ -141,3 +141,17 @@ def test_phase_with_random_layers_below_the_boundary_is_not_cached(caplog):
     from transferkit.freezing import backbone_of
 
     assert has_random_layers(backbone_of(model))  # stochastic-depth dropout inside the blocks
+
+
+def test_k_augmented_views_are_cached_when_asked(folder, caplog):
+    data = tk.load_folder(folder, image_size=32, batch_size=8, augment=tk.Augment(), seed=0)
+    tuner = _tuner(True, augment_views=3)
+    with caplog.at_level(logging.INFO, logger="transferkit"):
+        tuner.train_head(data, verbose=0)
+    assert "3 augmented views per image" in caplog.text
+    stored = [features for features, _ in tuner.cache._memory.values()]
+    assert sorted(len(f) for f in stored) == [data.num_validation, 3 * data.num_train]
+    views = max(stored, key=len).reshape(3, data.num_train, -1)
+    assert not np.allclose(views[0], views[1])  # different augmentations, not three copies
+    with pytest.raises(tk.ConfigError, match="augment_views"):
+        _tuner(True, augment_views=-1)

@@ -236,6 +236,9 @@ class FineTuner:
             frozen layers every epoch (ImageData without augmentation; see
             :mod:`transferkit.features`). ``True``: in memory; a folder path or
             :class:`FeatureCache`: on disk, reused across runs; ``False``: never.
+        augment_views: With augmented data, cache this many augmented views of each image for
+            the head phase instead of augmenting afresh every epoch (0, the default, leaves
+            augmented data uncached). Faster, but not the same result: see docs/speed.md.
 
     Example:
         >>> data = load_folder("photos", image_size=224)
@@ -259,6 +262,7 @@ class FineTuner:
         class_weight: str | dict[int, float] | None = None,
         seed: int | None = None,
         cache: bool | str | os.PathLike[str] | FeatureCache = True,
+        augment_views: int = 0,
     ) -> None:
         self.spec = get_backbone(backbone)
         self.weights = weights
@@ -283,6 +287,9 @@ class FineTuner:
         self.history: dict[str, dict[str, list[float]]] = {}
         self._class_weight_from_data: dict[int, float] | None = None
         self._data: ImageData | None = None
+        if not isinstance(augment_views, int) or augment_views < 0:
+            raise ConfigError(f"Expected augment_views to be an integer >= 0. Received: {augment_views!r}.")
+        self.augment_views = augment_views
         if cache is True:
             self.cache: FeatureCache | None = FeatureCache()
         elif cache is False or cache is None:
@@ -405,8 +412,11 @@ class FineTuner:
         data = self._data
         if self.cache is None or data is None or data.train_ordered is None:
             return None
+        views = 0
         if data.augment is not None:
-            return None  # augmented images differ every epoch: cached features would not
+            if not self.augment_views:
+                return None  # augmented images differ every epoch: cached features would not
+            views = self.augment_views  # asked for: K fixed augmented views stand in for fresh ones
         if any(isinstance(c, (keras.callbacks.ModelCheckpoint, keras.callbacks.BackupAndRestore))
                for c in callbacks):
             return None  # they would save the part above the cache, not the whole model
@@ -419,7 +429,10 @@ class FineTuner:
         if not any(layer.trainable and layer.weights for layer in net.layers):
             if has_random_layers(net):
                 return None
-            return keras.Model(image, net(preprocessed), name="extractor"), head, "backbone output"
+            where = f"backbone output, {views} augmented views per image" if views else "backbone output"
+            return keras.Model(image, net(preprocessed), name="extractor"), head, where
+        if views:
+            return None  # views stand in for augmentation in the head phase only
         split = split_at_boundary(net)
         if split is None:
             return None
@@ -442,7 +455,18 @@ class FineTuner:
                              resize=data.resize, background=data.background)
 
         show = verbose not in (0, False)
-        train = self.cache.compute(key("train"), extractor, data.train_ordered, data.num_train, progress=show)
+        views = self.augment_views if data.augment is not None else 0
+        if views:
+            def augmented() -> Any:
+                for k in range(views):
+                    layers = data.augment.layers(seed=data.seed + k)
+                    for images, labels in data.train_ordered:
+                        yield layers(images, training=True), labels
+
+            train = self.cache.compute(key("train") + f"-views{views}-{data.augment!r}".replace(" ", ""), extractor,
+                                       augmented(), views * data.num_train, progress=show)
+        else:
+            train = self.cache.compute(key("train"), extractor, data.train_ordered, data.num_train, progress=show)
         train_ds = feature_dataset(train, batch_size=data.batch_size, shuffle=True, seed=data.seed)
         val_ds = None
         if data.validation is not None:

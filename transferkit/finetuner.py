@@ -408,7 +408,8 @@ class FineTuner:
         return history
 
     def _cache_plan(self, model: keras.Model, callbacks: Sequence[Any]) -> tuple[keras.Model, keras.Model, str] | None:
-        """``(extractor, tail, where)`` when training on cached features gives the same result."""
+        """``(extractor, tail, where)`` when training on cached features gives the same result
+        (or, with ``augment_views``, when the user asked for cached augmented views)."""
         data = self._data
         if self.cache is None or data is None or data.train_ordered is None:
             return None
@@ -463,8 +464,8 @@ class FineTuner:
                     for images, labels in data.train_ordered:
                         yield layers(images, training=True), labels
 
-            train = self.cache.compute(key("train") + f"-views{views}-{data.augment!r}".replace(" ", ""), extractor,
-                                       augmented(), views * data.num_train, progress=show)
+            train = self.cache.compute(cache_key(base=key("train"), views=views, augment=repr(data.augment)),
+                                       extractor, augmented(), views * data.num_train, progress=show)
         else:
             train = self.cache.compute(key("train"), extractor, data.train_ordered, data.num_train, progress=show)
         train_ds = feature_dataset(train, batch_size=data.batch_size, shuffle=True, seed=data.seed)

@@ -16,7 +16,6 @@ on two datasets: ../shared/data/stamps5 at 224 px, and 2,000 Fashion-MNIST train
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -27,7 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
 import numpy as np
-from common import MOBILENET_NOTOP, SHARED, markdown_table, stratified_folds, write_fashion_subset
+from common import MOBILENET_NOTOP, SHARED, print_report, stratified_folds, write_fashion_subset
 
 import transferkit as tk
 
@@ -98,10 +97,7 @@ def main() -> int:
                 rows.append({"dataset": f"{dataset} ({len(files)} images, {size} px)", "recipe": recipe,
                              "accuracy": f"{np.mean(accuracies):.3f} ± {np.std(accuracies):.3f}",
                              "wall time": f"{wall:.0f} s", "folds": [round(a, 4) for a in accuracies]})
-    print()
-    print(markdown_table(rows, ["dataset", "recipe", "accuracy", "wall time"]))
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+    print_report(rows, ["dataset", "recipe", "accuracy", "wall time"], args.json, rows)
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 from pathlib import Path
 
 import numpy as np
@@ -44,3 +45,11 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def print_report(rows: list[dict], columns: list[str], json_path: str | None, payload: object) -> None:
+    """Print the Markdown table of ``rows``; also write ``payload`` as JSON when asked."""
+    print()
+    print(markdown_table(rows, columns))
+    if json_path:
+        Path(json_path).write_text(json.dumps(payload, indent=2))

@@ -17,7 +17,6 @@ Then: a 20-trial head search with (3) against one training run of (2); fine-tuni
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -28,7 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
 import tensorflow as tf
-from common import MOBILENET_NOTOP, SHARED, markdown_table, write_fashion_subset
+from common import MOBILENET_NOTOP, SHARED, print_report, write_fashion_subset
 
 import transferkit as tk
 from transferkit.tuning import search
@@ -230,10 +229,7 @@ def main() -> int:
         {"measure": "(2) fine-tune with mixed_bfloat16", "value": f"{results['guide_ft_bf16_ips']:.0f} img/s",
          "accuracy": "", "ratio": f"{results['guide_ft_bf16_ips'] / results['guide_ft_ips']:.2f}× (2)"},
     ]
-    print()
-    print(markdown_table(rows, ["measure", "value", "accuracy", "ratio"]))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    print_report(rows, ["measure", "value", "accuracy", "ratio"], args.json, results)
     return 0
 
 

@@ -171,8 +171,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_tune(args: argparse.Namespace) -> int:
     import transferkit as tk
     from transferkit.features import FeatureCache
-    from transferkit.report import write_report
-    from transferkit.tuning import plot_scores, search, tuner_for_trial
+    from transferkit.report import plot_scores, write_report
+    from transferkit.tuning import search, tuner_for_trial
 
     spec = tk.get_backbone(args.backbone)
     weights = _weights(args.weights)

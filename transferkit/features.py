@@ -31,6 +31,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from transferkit.backbones.groups import producers
+
 log = logging.getLogger("transferkit")
 
 # Layers whose output is random while training: below a cache boundary they would make the
@@ -153,12 +155,6 @@ class FeatureCache:
         return CachedArrays(features, label_array, hit=False)
 
 
-def _producers(layer_config: dict[str, Any]) -> set[str]:
-    from transferkit.backbones.groups import _producers as walk
-
-    return set(walk(layer_config.get("inbound_nodes", [])))
-
-
 def split_at_boundary(backbone: keras.Model) -> tuple[keras.Model, keras.Model] | None:
     """Split a partly frozen backbone into ``(frozen_bottom, trainable_top)`` at one tensor.
 
@@ -179,7 +175,7 @@ def split_at_boundary(backbone: keras.Model) -> tuple[keras.Model, keras.Model] 
     crossing = set()
     for config in backbone.get_config()["layers"]:
         if config["name"] not in names:
-            crossing |= _producers(config) & names
+            crossing |= set(producers(config.get("inbound_nodes", []))) & names
     if len(crossing) != 1:
         return None
     cut = backbone.get_layer(crossing.pop()).output

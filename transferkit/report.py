@@ -117,6 +117,22 @@ def plot_predictions(
     return _save(fig, path)
 
 
+def plot_scores(result: Any, path: str | os.PathLike[str]) -> Path:
+    """Score of each trial of a search (a ``tuning.SearchResult``) in order, with the best so far."""
+    plt = _pyplot()
+    scores = [row["score"] for row in result.rows]
+    best = [max(scores[: i + 1]) for i in range(len(scores))]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(range(1, len(scores) + 1), scores, "o", label="trial")
+    ax.plot(range(1, len(scores) + 1), best, "-", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title("Hyperparameter search")
+    ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)

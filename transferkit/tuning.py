@@ -191,21 +191,3 @@ def search(
     best = runner.oracle.get_best_trials(1)[0]
     return SearchResult(rows=rows, best_values=dict(best.hyperparameters.values), best_score=float(best.score),
                         directory=Path(runner.project_dir))
-
-
-def plot_scores(result: SearchResult, path: str | Path) -> Path:
-    """Score of each trial in order, with the best so far as a line."""
-    from transferkit.report import _pyplot, _save
-
-    plt = _pyplot()
-    scores = [row["score"] for row in result.rows]
-    best = [max(scores[: i + 1]) for i in range(len(scores))]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(range(1, len(scores) + 1), scores, "o", label="trial")
-    ax.plot(range(1, len(scores) + 1), best, "-", label="best so far")
-    ax.set_xlabel("trial")
-    ax.set_ylabel("validation accuracy")
-    ax.set_title("Hyperparameter search")
-    ax.legend()
-    fig.tight_layout()
-    return _save(fig, path)

@@ -43,23 +43,24 @@ class GroupRule:
     stem_until_branch: bool = False
 
 
-def _producers(node_args: Any) -> Iterator[str]:
+def producers(node_args: Any) -> Iterator[str]:
+    """Names of the layers whose outputs appear in a layer config's ``inbound_nodes``."""
     if isinstance(node_args, dict):
         history = node_args.get("config", {}).get("keras_history") if "config" in node_args else None
         if history:
             yield history[0]
         for value in node_args.values():
-            yield from _producers(value)
+            yield from producers(value)
     elif isinstance(node_args, (list, tuple)):
         for value in node_args:
-            yield from _producers(value)
+            yield from producers(value)
 
 
 def _consumers(model: keras.Model) -> dict[str, list[str]]:
     consumers: dict[str, list[str]] = {layer.name: [] for layer in model.layers}
     for layer_config in model.get_config()["layers"]:
         name = layer_config["name"]
-        for producer in set(_producers(layer_config.get("inbound_nodes", []))):
+        for producer in set(producers(layer_config.get("inbound_nodes", []))):
             if producer in consumers and producer != name:
                 consumers[producer].append(name)
     return consumers

@@ -20,8 +20,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from common import MOBILENET_NOTOP, write_fashion_subset
 
 import transferkit as tk
-from transferkit.features import FeatureCache
-from transferkit.tuning import search
 
 
 def peak_rss_mb() -> float:
@@ -38,10 +36,10 @@ def main() -> int:
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         data = tk.load_folder(write_fashion_subset(Path(tmp) / "data", per_class=args.per_class), image_size=96)
-        cache = FeatureCache()
+        cache = tk.FeatureCache()
         peaks = []
         for n in range(1, args.trials + 1):
-            search(data, "mobilenet", weights=str(MOBILENET_NOTOP), max_trials=n, epochs=5,
+            tk.search(data, "mobilenet", weights=str(MOBILENET_NOTOP), max_trials=n, epochs=5,
                    directory=Path(tmp) / "search", cache=cache)
             peaks.append(peak_rss_mb())
             print(f"after trial {n:2d}: peak RSS {peaks[-1]:.0f} MB", flush=True)

@@ -30,7 +30,6 @@ import tensorflow as tf
 from common import MOBILENET_NOTOP, SHARED, print_report, write_fashion_subset
 
 import transferkit as tk
-from transferkit.tuning import search
 
 
 def split_folder(files: tk.ImageFiles, root: Path) -> tuple[Path, Path, tk.ImageFiles, tk.ImageFiles]:
@@ -188,7 +187,7 @@ def main() -> int:
         print(f"(3) transferkit: {results['tk_s']:.1f} s, accuracy {results['tk_acc']:.3f}", flush=True)
 
         start = time.perf_counter()
-        found = search(data, "mobilenet", weights=str(MOBILENET_NOTOP), max_trials=args.trials, epochs=args.epochs,
+        found = tk.search(data, "mobilenet", weights=str(MOBILENET_NOTOP), max_trials=args.trials, epochs=args.epochs,
                        directory=Path(tmp) / "search", overwrite=True)
         results["search_s"] = time.perf_counter() - start
         results["search_best"] = found.best_score

@@ -15,7 +15,6 @@ from pathlib import Path
 import keras
 
 import transferkit as tk
-from transferkit.report import write_report
 
 FLOWERS_URL = "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
 
@@ -40,5 +39,5 @@ data = tk.load_folder(data_dir, image_size=224, augment=tk.Augment(), progress=T
 tuner = tk.FineTuner("mobilenet_v2", weights=None if args.weights == "none" else args.weights, seed=0)
 tuner.fit(data)
 tuner.save(args.out)
-metrics = write_report(tuner, data, args.out)
+metrics = tuner.write_report(data, args.out)
 print(f"validation accuracy {metrics['validation']['accuracy']:.3f}; model and report in {args.out}/")

@@ -44,8 +44,8 @@ else:
 if args.hub:
     import keras
 
+    from transferkit.backbones import Preprocess
     from transferkit.hub import HubLayer
-    from transferkit.preprocessing import Preprocess
 
     hub_layer = HubLayer(args.hub)
     size = 224

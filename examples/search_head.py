@@ -8,7 +8,6 @@ The backbone's features are computed once and shared by every trial; the best he
 import argparse
 
 import transferkit as tk
-from transferkit.tuning import search
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("data")
@@ -18,6 +17,6 @@ parser.add_argument("--trials", type=int, default=20)
 args = parser.parse_args()
 
 data = tk.load_folder(args.data, image_size=tk.get_backbone(args.backbone).input_size)
-result = search(data, args.backbone, weights=args.weights, max_trials=args.trials, directory="search_head")
+result = tk.search(data, args.backbone, weights=args.weights, max_trials=args.trials, directory="search_head")
 print(result.table())
 print("best:", result.best_values, f"validation accuracy {result.best_score:.3f}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 from pathlib import Path
@@ -70,3 +71,16 @@ def write_image_folder(root: Path, per_class: int = 12, colors: dict = CLASS_COL
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     return write_image_folder(tmp_path / "images")
+
+
+def write_bad_files(folder: Path) -> Path:
+    """Files a real photo folder ends up with: empty, text, truncated, corrupt, another extension."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.jpg").write_text("this is not a picture")
+    buffer = io.BytesIO()
+    color_image((1, 2, 3), size=64).save(buffer, format="JPEG")
+    (folder / "truncated.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    (folder / "readme.txt").write_text("not an image either")
+    return folder

@@ -1,12 +1,46 @@
-"""The public API is exactly what __all__ lists."""
+"""The public API: one documented path per name, a pinned top level, no import cycle."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import transferkit
 
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "transferkit"
+NAMESPACES = ("transferkit.backbones", "transferkit.data", "transferkit.hub", "transferkit.report",
+              "transferkit.imagenet")
 
-def test_all_names_exist_and_are_sorted_sets():
+TOP_LEVEL = {
+    # the facade and its recipe
+    "FineTuner", "Phase", "HEAD_PHASE", "FINE_TUNE_PHASE", "Evaluation", "Predictions",
+    # models, heads, freezing
+    "build_model", "Head", "FreezePolicy", "FreezeSummary", "FreezeAll", "UnfreezeTop", "UnfreezeFrom",
+    "UnfreezeAll",
+    # backbones
+    "BackboneSpec", "get_backbone", "list_backbones", "register_backbone",
+    # data
+    "load_folder", "load_csv", "from_arrays", "from_files", "scan_folder", "read_csv", "stratified_split",
+    "ImageData", "ImageFiles", "PipelineSettings", "Augment", "SkippedFilesWarning",
+    # speed and search
+    "FeatureCache", "search", "SearchResult",
+    # errors
+    "TransferkitError", "BackboneExistsError", "ConfigError", "DataError", "MissingDependencyError",
+    "NotFittedError", "UnknownBackboneError", "WeightsUnavailableError",
+    "__version__",
+}
+
+
+def test_top_level_is_pinned():
+    assert set(transferkit.__all__) == TOP_LEVEL
     assert len(transferkit.__all__) == len(set(transferkit.__all__))
-    for name in transferkit.__all__:
-        assert hasattr(transferkit, name), name
+    for internal in ("GroupRule", "layer_groups", "make_dataset", "build_backbone", "Preprocess"):
+        assert not hasattr(transferkit, internal), internal
 
 
 def test_exported_members_are_listed():
@@ -15,14 +49,94 @@ def test_exported_members_are_listed():
         for name, value in vars(transferkit).items()
         if not name.startswith("_") and not getattr(value, "__name__", "").startswith("transferkit.")
     }
-    # submodules are reachable as attributes but are not part of the flat API
+    # the public namespaces are reachable as attributes but are not part of the flat API
     assert public - set(transferkit.__all__) == set()
 
 
-def test_import_does_not_pull_optional_dependencies():
-    import subprocess
-    import sys
+def test_every_public_name_reports_the_path_it_is_documented_under():
+    for namespace in ("transferkit", *NAMESPACES):
+        module = importlib.import_module(namespace)
+        for name in module.__all__:
+            value = getattr(module, name)
+            if isinstance(value, type) or callable(value):
+                owner = value.__module__
+                if owner.startswith("transferkit"):
+                    assert owner == namespace, f"{namespace}.{name} says it lives in {owner}"
 
+
+def test_public_namespaces_define_all():
+    for namespace in ("transferkit", *NAMESPACES):
+        module = importlib.import_module(namespace)
+        assert all(hasattr(module, name) for name in module.__all__)
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imports_at_import_time(path: Path) -> set[str]:
+    """transferkit modules imported when ``path`` is imported (not inside functions or TYPE_CHECKING)."""
+    found: set[str] = set()
+    tree = ast.parse(path.read_text())
+    for node in tree.body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            continue
+        for child in ast.walk(node) if not isinstance(node, (ast.FunctionDef, ast.ClassDef)) else ():
+            if isinstance(child, ast.ImportFrom) and child.module and child.module.startswith("transferkit"):
+                for alias in child.names:
+                    candidate = f"{child.module}.{alias.name}"
+                    found.add(candidate if (PACKAGE.parent / (candidate.replace(".", "/") + ".py")).exists()
+                              or (PACKAGE.parent / candidate.replace(".", "/")).is_dir() else child.module)
+            elif isinstance(child, ast.Import):
+                found.update(a.name for a in child.names if a.name.startswith("transferkit"))
+    return found
+
+
+def test_import_graph_has_no_cycle():
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {name: {m for m in _imports_at_import_time(path) if m in modules and m != name}
+             for name, path in modules.items()}
+    # a package's __init__ importing its own submodules is not a cycle between modules
+    for name in graph:
+        graph[name] = {m for m in graph[name] if not (modules[name].name == "__init__" and m.startswith(name + "."))}
+        graph[name] = {m for m in graph[name] if not (name.startswith(m + ".") and modules[m].name == "__init__")}
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            assert state.get(nxt) != 1, f"import cycle: {' -> '.join([*trail, node, nxt])}"
+            if nxt not in state:
+                visit(nxt, [*trail, node])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [])
+
+
+def test_registry_imports_no_hub_code():
+    registry = (PACKAGE / "backbones" / "_registry.py").read_text()
+    imported = re.findall(r"^\s*(?:from|import)\s+(\S+)", registry, flags=re.M)
+    assert imported and not any("hub" in module for module in imported)
+
+
+def test_docs_cite_only_public_paths():
+    api = (ROOT / "docs" / "api.md").read_text()
+    cited = re.findall(r"^::: (\S+)$", api, flags=re.M)
+    assert cited
+    for path in cited:
+        assert not any(part.startswith("_") for part in path.split(".")), path
+        module, _, name = path.rpartition(".")
+        assert hasattr(importlib.import_module(module), name), path
+    for name in set(transferkit.__all__) - {"__version__"}:
+        assert f"::: transferkit.{name}\n" in api + "\n", f"docs/api.md does not document transferkit.{name}"
+
+
+def test_import_does_not_pull_optional_dependencies():
     code = (
         "import sys, transferkit; "
         "print(','.join(m for m in ('tensorflow_hub', 'keras_tuner') if m in sys.modules))"

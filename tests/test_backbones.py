@@ -10,9 +10,8 @@ import pytest
 from conftest import SHARED_WEIGHTS, needs_shared
 
 import transferkit as tk
-from transferkit.backbones.registry import _unregister
-from transferkit.errors import BackboneExistsError, UnknownBackboneError, WeightsUnavailableError
-from transferkit.preprocessing import Preprocess
+from transferkit import BackboneExistsError, UnknownBackboneError, WeightsUnavailableError
+from transferkit.backbones import Preprocess, build_backbone, layer_groups, unregister_backbone
 
 FAMILIES = {
     "convnext", "densenet", "efficientnet", "efficientnet_v2", "inception", "inception_resnet", "mobilenet",
@@ -26,16 +25,26 @@ def test_registry_covers_every_keras_applications_family():
     assert {tk.get_backbone(n).family for n in names} == FAMILIES
     assert "tiny_cnn" not in names and "tiny_cnn" in tk.list_backbones(include_test=True)
     assert tk.list_backbones(family="vgg") == ["vgg16", "vgg19"]
+    assert tk.list_backbones("resnet1") == ["resnet101", "resnet101_v2", "resnet152", "resnet152_v2"]
+    assert tk.list_backbones("VGG") == ["vgg16", "vgg19"]  # matches the family too, any case
 
 
-@pytest.mark.parametrize("name", tk.list_backbones(include_test=True))
+# Building every network takes minutes (ConvNeXt XLarge alone is 348M parameters): the small ones
+# run in every test run, the rest under the `slow` marker (`pytest -m "not slow"` skips them; CI runs all).
+QUICK = {"tiny_cnn", "mobilenet", "mobilenet_v2", "mobilenet_v3_small"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [n if n in QUICK else pytest.param(n, marks=pytest.mark.slow) for n in tk.list_backbones(include_test=True)],
+)
 def test_backbone_builds_with_declared_features_and_complete_groups(name):
     spec = tk.get_backbone(name)
     size = max(spec.min_size, 32 if spec.family != "nasnet" else 64)
-    net = tk.build_backbone(spec, weights=None, image_size=size)
+    net = build_backbone(spec, weights=None, image_size=size)
     assert net.output_shape[-1] == spec.feature_dim
     assert net.count_params() == spec.params
-    groups = tk.layer_groups(net, spec.groups)
+    groups = layer_groups(net, spec.groups)
     grouped = [layer for members in groups.values() for layer in members]
     assert sorted(grouped) == sorted(layer.name for layer in net.layers)  # every layer exactly once
     blocks = [g for g in groups if g.startswith("block_")]
@@ -65,14 +74,15 @@ def test_register_refuses_duplicates_unless_asked():
         assert tk.get_backbone("my_tiny").input_size == 40
         assert "my_tiny" in tk.list_backbones()
     finally:
-        _unregister("my_tiny")
+        unregister_backbone("my_tiny")
+    assert "my_tiny" not in tk.list_backbones()
 
 
 def test_spec_validates_preprocessing_and_size():
     with pytest.raises(tk.ConfigError, match="preprocessing"):
         dataclasses.replace(tk.get_backbone("tiny_cnn"), preprocessing="scale")
     with pytest.raises(tk.ConfigError, match="image_size >= 75"):
-        tk.build_backbone(tk.get_backbone("inception_v3"), weights=None, image_size=64)
+        build_backbone(tk.get_backbone("inception_v3"), weights=None, image_size=64)
 
 
 @pytest.mark.parametrize(
@@ -90,7 +100,7 @@ def test_preprocess_layer_matches_the_family_preprocess_input(backbone, module):
 
 def test_imagenet_weights_without_network_name_the_remedies():
     with pytest.raises(WeightsUnavailableError) as info:
-        tk.build_backbone(tk.get_backbone("mobilenet_v2"), weights="imagenet", image_size=96)
+        build_backbone(tk.get_backbone("mobilenet_v2"), weights="imagenet", image_size=96)
     message = str(info.value)
     assert "mobilenet_v2" in message and "network" in message
     assert "weights=" in message and "models" in message  # local file and cache remedies
@@ -99,23 +109,23 @@ def test_imagenet_weights_without_network_name_the_remedies():
 
 def test_weights_path_that_does_not_exist(tmp_path):
     with pytest.raises(WeightsUnavailableError, match="missing.weights.h5"):
-        tk.build_backbone(tk.get_backbone("tiny_cnn"), weights=str(tmp_path / "missing.weights.h5"))
+        build_backbone(tk.get_backbone("tiny_cnn"), weights=str(tmp_path / "missing.weights.h5"))
 
 
 def test_weights_file_of_another_network_is_refused(tmp_path):
-    other = tk.build_backbone(tk.get_backbone("mobilenet"), weights=None, image_size=32)
+    other = build_backbone(tk.get_backbone("mobilenet"), weights=None, image_size=32)
     path = tmp_path / "other.weights.h5"
     other.save_weights(path)
     with pytest.raises(WeightsUnavailableError, match="another network"):
-        tk.build_backbone(tk.get_backbone("tiny_cnn"), weights=str(path))
+        build_backbone(tk.get_backbone("tiny_cnn"), weights=str(path))
 
 
 def test_local_weights_file_round_trip(tmp_path):
     spec = tk.get_backbone("tiny_cnn")
-    source = tk.build_backbone(spec, weights="imagenet")  # the test net's seeded "pretrained" weights
+    source = build_backbone(spec, weights="imagenet")  # the test net's seeded "pretrained" weights
     path = tmp_path / "tiny.weights.h5"
     source.save_weights(path)
-    loaded = tk.build_backbone(spec, weights=str(path))
+    loaded = build_backbone(spec, weights=str(path))
     for a, b in zip(source.weights, loaded.weights):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
 
@@ -123,11 +133,11 @@ def test_local_weights_file_round_trip(tmp_path):
 @needs_shared
 def test_real_full_and_headless_weights_files_agree():
     spec = tk.get_backbone("mobilenet")
-    notop = tk.build_backbone(spec, weights=str(SHARED_WEIGHTS / "mobilenet_v1_1.0_224_imagenet_notop.weights.h5"),
+    notop = build_backbone(spec, weights=str(SHARED_WEIGHTS / "mobilenet_v1_1.0_224_imagenet_notop.weights.h5"),
                               image_size=160)
-    full = tk.build_backbone(spec, weights=str(SHARED_WEIGHTS / "mobilenet_v1_1.0_224_imagenet.weights.h5"),
+    full = build_backbone(spec, weights=str(SHARED_WEIGHTS / "mobilenet_v1_1.0_224_imagenet.weights.h5"),
                              image_size=160)
-    random = tk.build_backbone(spec, weights=None, image_size=160)
+    random = build_backbone(spec, weights=None, image_size=160)
     x = np.random.default_rng(0).uniform(-1, 1, (2, 160, 160, 3)).astype("float32")
     np.testing.assert_allclose(notop.predict(x, verbose=0), full.predict(x, verbose=0), atol=1e-5)
     assert not np.allclose(notop.predict(x, verbose=0), random.predict(x, verbose=0), atol=1e-3)

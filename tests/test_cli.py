@@ -40,7 +40,13 @@ def test_train_predict_evaluate_round_trip(tmp_path, capsys):
     assert main(["predict", str(out), str(data / "red" / "1.png"), "--top-k", "2", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert len(result) == 1 and len(result[0]["top"]) == 2
-    assert abs(sum(t["probability"] for t in result[0]["top"])) <= 1.0 + 1e-6
+    first, second = (t["probability"] for t in result[0]["top"])
+    assert first >= second
+    assert main(["predict", str(out), str(data / "red" / "1.png"), "--top-k", "3", "--json"]) == 0
+    every = json.loads(capsys.readouterr().out)[0]["top"]
+    assert {t["class"] for t in every} == {"blue", "green", "red"}
+    assert abs(sum(t["probability"] for t in every) - 1.0) < 1e-5  # all classes: a softmax sums to one
+    assert every[0]["probability"] == first
 
     assert main(["evaluate", str(out), str(data), "--json"]) == 0
     evaluation = json.loads(capsys.readouterr().out)

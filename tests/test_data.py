@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import warnings
 
 import numpy as np
 import pytest
-from conftest import color_image, write_image_folder
+from conftest import write_bad_files, write_image_folder
 from PIL import Image
 
 import transferkit as tk
-from transferkit.data import class_weights, load_image, read_image, resize_image
+from transferkit.data import class_weights, find_images, load_image, read_image, resize_image
 
 
 def _only(path, image):
@@ -69,20 +68,9 @@ def test_resize_modes_keep_or_change_the_aspect_ratio():
         resize_image(wide, 16, mode="squash")
 
 
-def _write_bad_files(folder):
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "empty.jpg").write_bytes(b"")
-    (folder / "notes.jpg").write_text("this is not a picture")
-    buffer = io.BytesIO()
-    color_image((1, 2, 3), size=64).save(buffer, format="JPEG")
-    (folder / "truncated.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
-    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
-    (folder / "readme.txt").write_text("not an image either")
-
-
 def test_bad_files_are_reported_by_name_in_one_warning(tmp_path):
     root = write_image_folder(tmp_path / "data", per_class=4)
-    _write_bad_files(root / "red")
+    write_bad_files(root / "red")
     with pytest.warns(tk.SkippedFilesWarning) as record:
         files = tk.scan_folder(root)
     assert len(record) == 1
@@ -196,3 +184,31 @@ def test_augment_validates_options():
         tk.Augment(flip="diagonal")
     with pytest.raises(tk.ConfigError, match="rotation"):
         tk.Augment(rotation=2.0)
+
+
+def test_loader_options_are_one_settings_object(image_folder):
+    data = tk.load_folder(image_folder, image_size=16, batch_size=4, seed=2)
+    assert data.settings == tk.PipelineSettings(image_size=16, batch_size=4, seed=2)
+    with pytest.raises(tk.ConfigError, match="batch_sise.*Did you mean 'batch_size'"):
+        tk.load_folder(image_folder, batch_sise=4)
+    with pytest.raises(tk.ConfigError, match="image_size"):
+        tk.PipelineSettings(image_size=0)
+    with pytest.raises(tk.ConfigError, match="background"):
+        tk.PipelineSettings(background=(0, 0))
+    with pytest.raises(tk.ConfigError, match="resize"):
+        tk.from_arrays(np.zeros((4, 8, 8)), [0, 1, 0, 1], resize="pad")
+
+
+def test_find_images_follows_the_folder_rules(tmp_path):
+    root = write_image_folder(tmp_path / "data", per_class=2)
+    (root / "red" / ".hidden.png").write_bytes(b"not an image, and hidden")
+    write_bad_files(root / "blue")
+    with pytest.warns(tk.SkippedFilesWarning, match="notes.jpg") as record:
+        found = find_images(root)
+    assert len(found) == 6 and not any(".hidden" in p for p in found)
+    assert ".hidden" not in str(record[0].message)
+    assert find_images(root / "red" / "1.png") == (str(root / "red" / "1.png"),)
+    with pytest.raises(tk.DataError, match="does not exist"):
+        find_images(tmp_path / "nowhere")
+    with pytest.raises(tk.DataError, match="no usable image"):
+        find_images(write_bad_files(tmp_path / "junk"))

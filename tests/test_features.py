@@ -12,7 +12,9 @@ import pytest
 from conftest import write_image_folder
 
 import transferkit as tk
-from transferkit.features import FeatureCache, cache_key, files_digest, split_at_boundary, weights_digest
+from transferkit import FeatureCache
+from transferkit._features import cache_key, files_digest, has_random_layers, split_at_boundary, weights_digest
+from transferkit.backbones import GroupRule, Preprocess, build_backbone, unregister_backbone
 
 HEAD = tk.Phase(epochs=3, learning_rate=1e-2, policy=tk.FreezeAll())
 TUNE = tk.Phase(epochs=3, learning_rate=1e-3, policy=tk.UnfreezeTop(1), schedule="cosine", warmup_epochs=1)
@@ -70,19 +72,19 @@ def test_augmentation_and_checkpoints_turn_caching_off(folder, caplog, tmp_path)
 
 def test_cache_key_changes_with_every_input(folder):
     spec = tk.get_backbone("tiny_cnn")
-    net = tk.build_backbone(spec, weights="imagenet")
+    net = build_backbone(spec, weights="imagenet")
     files = tk.scan_folder(folder)
     base = dict(model=weights_digest(net), source=files_digest(files.paths, files.labels), size=32,
                 resize="pad", background=(255, 255, 255), split="train")
     key = cache_key(**base)
     assert cache_key(**base) == key
-    other_weights = tk.build_backbone(spec, weights=None)
+    other_weights = build_backbone(spec, weights=None)
     assert cache_key(**{**base, "model": weights_digest(other_weights)}) != key
-    bigger = tk.build_backbone(spec, weights="imagenet", image_size=40)
+    bigger = build_backbone(spec, weights="imagenet", image_size=40)
     assert weights_digest(bigger) != weights_digest(net)  # input size is part of the architecture
-    preprocess = keras.Sequential([keras.Input((32, 32, 3)), tk.Preprocess("unit"), net])
+    preprocess = keras.Sequential([keras.Input((32, 32, 3)), Preprocess("unit"), net])
     assert weights_digest(preprocess) != weights_digest(keras.Sequential([keras.Input((32, 32, 3)),
-                                                                          tk.Preprocess("tf"), net]))
+                                                                          Preprocess("tf"), net]))
     for change in ({"size": 40}, {"resize": "crop"}, {"background": (0, 0, 0)}, {"split": "validation"}):
         assert cache_key(**{**base, **change}) != key
     touched = files.paths[0]
@@ -106,8 +108,8 @@ def test_disk_cache_is_reused_and_big_arrays_are_memory_mapped(folder, tmp_path)
 
     tiny_limit = _tuner(FeatureCache(memory_limit=1))  # anything bigger than one byte spills to disk
     tiny_limit.train_head(data, verbose=0)
-    stored = next(iter(tiny_limit.cache._memory.values()), None)
-    assert stored is None  # nothing held in memory
+    stored = [tiny_limit.cache.get(key)[0] for key in tiny_limit.cache.entries()]
+    assert len(stored) == 2 and all(isinstance(f, np.memmap) for f in stored)  # nothing held in memory
     np.testing.assert_allclose(tiny_limit.history["head"]["loss"], first.history["head"]["loss"], rtol=1e-5)
     assert not list(tmp_path.glob("**/*.partial.npy"))
 
@@ -134,13 +136,35 @@ def test_boundary_split_refuses_a_cut_crossed_by_two_tensors():
     assert split_at_boundary(net) is None  # nothing trains: that is the head phase's cache
 
 
-def test_phase_with_random_layers_below_the_boundary_is_not_cached(caplog):
+def _tiny_dropout_cnn(*, input_shape, weights):
+    """A tiny backbone with spatial dropout inside its first block, as EfficientNet has stochastic depth."""
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = keras.layers.Conv2D(4, 3, padding="same", name="stem_conv")(inputs)
+    for block in (1, 2, 3):
+        x = keras.layers.Conv2D(4 * block, 3, strides=2, padding="same", name=f"block{block}_conv")(x)
+        if block == 1:
+            x = keras.layers.SpatialDropout2D(0.2, name="block1_drop")(x)
+    return keras.Model(inputs, x, name="tiny_dropout")
+
+
+def test_phase_with_random_layers_below_the_boundary_is_not_cached(folder, caplog):
     spec = dataclasses.replace(tk.get_backbone("efficientnet_b0"), name="effnet_probe")
     model = tk.build_model(spec, num_outputs=3, weights=None, image_size=32)
-    from transferkit.features import has_random_layers
-    from transferkit.freezing import backbone_of
+    assert has_random_layers(model.get_layer("backbone"))  # stochastic-depth dropout inside the blocks
 
-    assert has_random_layers(backbone_of(model))  # stochastic-depth dropout inside the blocks
+    spec = dataclasses.replace(tk.get_backbone("tiny_cnn"), name="tiny_dropout", constructor=_tiny_dropout_cnn,
+                               feature_dim=12, params=None, groups=GroupRule(blocks=(r"^(block\d+)_",), stem=r"^stem_"))
+    tk.register_backbone(spec, overwrite=True)
+    try:
+        data = tk.load_folder(folder, image_size=32, batch_size=8, seed=0)
+        tuner = tk.FineTuner("tiny_dropout", weights=None, seed=0, head_phase=HEAD, fine_tune_phase=TUNE)
+        with caplog.at_level(logging.INFO, logger="transferkit"):
+            tuner.fit(data, verbose=0)
+        assert "cached features" not in caplog.text  # neither phase: the dropout lies below both cuts
+        assert tuner.cache.misses == 0 and tuner.cache.entries() == []
+        assert len(tuner.history["fine_tune"]["loss"]) == TUNE.epochs
+    finally:
+        unregister_backbone("tiny_dropout")
 
 
 def test_k_augmented_views_are_cached_when_asked(folder, caplog):
@@ -149,7 +173,7 @@ def test_k_augmented_views_are_cached_when_asked(folder, caplog):
     with caplog.at_level(logging.INFO, logger="transferkit"):
         tuner.train_head(data, verbose=0)
     assert "3 augmented views per image" in caplog.text
-    stored = [features for features, _ in tuner.cache._memory.values()]
+    stored = [tuner.cache.get(key)[0] for key in tuner.cache.entries()]
     assert sorted(len(f) for f in stored) == [data.num_validation, 3 * data.num_train]
     views = max(stored, key=len).reshape(3, data.num_train, -1)
     assert not np.allclose(views[0], views[1])  # different augmentations, not three copies

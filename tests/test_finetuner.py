@@ -7,8 +7,7 @@ import dataclasses
 import keras
 import numpy as np
 import pytest
-from conftest import SHARED_WEIGHTS, STAMPS5, needs_shared, write_image_folder
-from test_data import _write_bad_files
+from conftest import SHARED_WEIGHTS, STAMPS5, needs_shared, write_bad_files, write_image_folder
 
 import transferkit as tk
 
@@ -85,13 +84,16 @@ def test_save_load_round_trip_gives_identical_predictions(tmp_path, image_folder
     top = after.top(2)
     assert len(top) == len(paths) and len(top[0]) == 2 and top[0][0][1] >= top[0][1][1]
     assert loaded.predict(image_folder / "red").labels.count("red") >= 9
+    write_bad_files(image_folder / "red")
+    with pytest.warns(tk.SkippedFilesWarning, match="truncated.jpg"):  # the folder scanner's rules
+        assert len(loaded.predict(image_folder / "red").labels) == 12
     with pytest.raises(tk.DataError, match="not a saved FineTuner"):
         tk.FineTuner.load(tmp_path)
 
 
 def test_training_completes_despite_bad_files(tmp_path):
     root = write_image_folder(tmp_path / "data", per_class=6)
-    _write_bad_files(root / "green")
+    write_bad_files(root / "green")
     with pytest.warns(tk.SkippedFilesWarning, match="notes.jpg"):
         data = tk.load_folder(root, image_size=32, batch_size=8)
     tuner = _tuner(fine_tune_phase=dataclasses.replace(FAST_TUNE, epochs=1))

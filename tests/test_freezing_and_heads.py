@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 
 import transferkit as tk
-from transferkit.freezing import backbone_of
+
+
+def backbone_of(model):
+    return model.get_layer("backbone")  # build_model's documented name for the nested backbone
 
 
 def _model(**kwargs):
@@ -28,6 +31,8 @@ def test_new_model_has_frozen_backbone_and_raw_pixel_input():
     assert model.input_shape == (None, 32, 32, 3)
     assert _trainable(model) == set()
     assert model.get_layer("preprocess").mode == "tf"
+    assert [layer.name for layer in model.layers] == ["image", "preprocess", "backbone", "head"]
+    assert model.get_layer("head").input_shape == (None, 4, 4, 64)  # the backbone's feature map
 
 
 def test_policies_select_named_groups():
@@ -44,10 +49,14 @@ def test_policies_select_named_groups():
     assert tk.FreezeAll().apply(model, "tiny_cnn").trainable_params == 0
 
 
-def test_policy_errors_name_the_problem():
+def test_policy_errors_name_the_problem(caplog):
     model = _model()
     with pytest.raises(tk.ConfigError, match="more blocks than the backbone has \\(3\\)"):
         tk.UnfreezeTop(7).apply(model, "tiny_cnn")
+    with caplog.at_level("WARNING", logger="transferkit"):
+        clamped = tk.UnfreezeTop(7).apply(model, "tiny_cnn", clamp=True)  # what the FineTuner does
+    assert "3 block(s); unfreezing all of them instead of 7" in caplog.text
+    assert clamped.trainable_params == tk.UnfreezeTop(3).apply(model, "tiny_cnn").trainable_params
     with pytest.raises(tk.ConfigError, match="block2_conv"):
         tk.UnfreezeFrom("block2_cnv").apply(model, "tiny_cnn")
     with pytest.raises(tk.ConfigError):

@@ -8,20 +8,21 @@ import pytest
 from conftest import SHARED_WEIGHTS, needs_shared, write_image_folder
 
 import transferkit as tk
+from transferkit.backbones import Preprocess, build_backbone, unregister_backbone
 from transferkit.hub import HubLayer, export_hub_module, hub_backbone, register_hub_backbone
 
 
 @pytest.fixture(scope="module")
 def tiny_module(tmp_path_factory):
     """A Hub feature-vector module exported from the tiny CNN (it has BatchNorm)."""
-    net = tk.build_backbone(tk.get_backbone("tiny_cnn"), weights="imagenet")
+    net = build_backbone(tk.get_backbone("tiny_cnn"), weights="imagenet")
     path = tmp_path_factory.mktemp("hub") / "tiny_feature_vector"
     export_hub_module(net, path, backbone="tiny_cnn")
     return path, net
 
 
 def _reference(net):
-    return keras.Sequential([keras.Input((32, 32, 3)), tk.Preprocess("tf"), net, keras.layers.GlobalAveragePooling2D()])
+    return keras.Sequential([keras.Input((32, 32, 3)), Preprocess("tf"), net, keras.layers.GlobalAveragePooling2D()])
 
 
 def _learnable(n=48, seed=0):
@@ -83,7 +84,7 @@ def test_trainable_module_fine_tunes_its_own_variables(tiny_module):
     for w in hub_layer.weights:
         changed = not np.array_equal(before[w.name], w.numpy())
         assert changed == (w.name in trainable), w.name  # statistics stay: BatchNorm in inference mode
-    module_variable = hub_layer._module.trainable_variables[0]
+    module_variable = hub_layer.module.trainable_variables[0]
     assert not np.array_equal(before[hub_layer.trainable_weights[0].name], module_variable.numpy())
 
     tk.UnfreezeAll(train_batchnorm=True).apply(model, str(tiny_module[0]))
@@ -105,8 +106,16 @@ def test_save_and_load_with_identical_predictions(tiny_module, tmp_path):
     np.testing.assert_array_equal(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
 
 
-def test_finetuner_with_a_registered_hub_backbone(tiny_module, tmp_path):
-    register_hub_backbone("tiny", tiny_module[0], overwrite=True)
+@pytest.fixture
+def registered_tiny(tiny_module):
+    """``hub:tiny`` in the registry for one test, and gone afterwards."""
+    spec = register_hub_backbone("tiny", tiny_module[0], overwrite=True)
+    yield spec
+    unregister_backbone(spec.name)
+
+
+def test_finetuner_with_a_registered_hub_backbone(registered_tiny, tiny_module, tmp_path):
+    assert registered_tiny.handle == str(tiny_module[0]) and registered_tiny.family == "hub"
     data = tk.load_folder(write_image_folder(tmp_path / "data", per_class=8), image_size=32, batch_size=8)
     tuner = tk.FineTuner("hub:tiny", weights="imagenet", seed=0,
                          head_phase=tk.Phase(epochs=4, learning_rate=1e-2, policy=tk.FreezeAll()),
@@ -116,6 +125,10 @@ def test_finetuner_with_a_registered_hub_backbone(tiny_module, tmp_path):
     loaded = tk.FineTuner.load(tmp_path / "run", safe_mode=False)
     paths = list(data.validation_files.paths)
     np.testing.assert_array_equal(tuner.predict(paths).probabilities, loaded.predict(paths).probabilities)
+
+
+def test_registered_hub_backbone_is_gone_after_its_test():
+    assert "hub:tiny" not in tk.list_backbones(family="hub")
 
 
 def test_missing_handles_name_the_problem(tmp_path):
@@ -128,16 +141,16 @@ def test_missing_handles_name_the_problem(tmp_path):
 @needs_shared
 def test_real_mobilenet_exported_as_hub_module_gives_the_same_features(tmp_path):
     spec = tk.get_backbone("mobilenet")
-    net = tk.build_backbone(spec, weights=str(SHARED_WEIGHTS / "mobilenet_v1_1.0_224_imagenet_notop.weights.h5"),
+    net = build_backbone(spec, weights=str(SHARED_WEIGHTS / "mobilenet_v1_1.0_224_imagenet_notop.weights.h5"),
                             image_size=128)
     export_hub_module(net, tmp_path / "mobilenet", backbone=spec)
     x = np.random.default_rng(0).uniform(0, 1, (2, 128, 128, 3)).astype("float32")
-    expected = keras.layers.GlobalAveragePooling2D()(net(tk.Preprocess("tf")(x * 255.0))).numpy()
+    expected = keras.layers.GlobalAveragePooling2D()(net(Preprocess("tf")(x * 255.0))).numpy()
     np.testing.assert_allclose(HubLayer(str(tmp_path / "mobilenet"))(x).numpy(), expected, atol=1e-4)
 
 
 def test_plain_savedmodel_with_a_serving_signature(tmp_path):
-    net = tk.build_backbone(tk.get_backbone("tiny_cnn"), weights="imagenet")
+    net = build_backbone(tk.get_backbone("tiny_cnn"), weights="imagenet")
     pooled = keras.Sequential([keras.Input((32, 32, 3)), net, keras.layers.GlobalAveragePooling2D()])
     pooled.export(str(tmp_path / "exported"), verbose=False)  # Keras' own SavedModel export, no Hub API
     layer = HubLayer(str(tmp_path / "exported"), signature="serving_default")

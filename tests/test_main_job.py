@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,6 +13,7 @@ from conftest import write_image_folder
 from PIL import Image
 
 import transferkit as tk
+from transferkit.backbones import build_backbone
 from transferkit.cli import main
 from transferkit.data import resize_image
 from transferkit.imagenet import decode_predictions, imagenet_class_names, imagenet_classifier
@@ -21,18 +25,30 @@ def test_imagenet_names_ship_with_the_package():
     assert names[285] == "Egyptian cat" and names[967] == "espresso" and names[0] == "tench"
 
 
-def test_shipped_mobilenet_classifies_real_photos_offline(caplog, monkeypatch):
-    skimage_data = pytest.importorskip("skimage.data")
-    from transferkit.backbones import weights
+_ONE_LINE_PER_PROCESS = """
+import logging, socket, sys
+def refuse(*args, **kwargs):
+    raise OSError("network access is blocked in this test")
+socket.socket.connect = refuse
+socket.getaddrinfo = refuse
+socket.create_connection = refuse
+logging.basicConfig(stream=sys.stdout, level=logging.WARNING, format="%(message)s")
+from transferkit.imagenet import imagenet_classifier
+imagenet_classifier("mobilenet", weights="imagenet")
+imagenet_classifier("mobilenet", weights="imagenet", image_size=128)
+"""
 
-    monkeypatch.setattr(weights, "_DOWNLOAD_FAILED", set())  # as in a fresh process
-    with caplog.at_level("WARNING", logger="transferkit"):
-        model = imagenet_classifier("mobilenet", weights="imagenet")  # sockets are blocked
-    assert "copy shipped with transferkit" in caplog.text
-    caplog.clear()
-    with caplog.at_level("WARNING", logger="transferkit"):
-        imagenet_classifier("mobilenet", weights="imagenet", image_size=128)
-    assert "copy shipped" not in caplog.text  # one attempt and one line per process, not per model
+
+def test_shipped_weights_are_announced_once_per_process(tmp_path):
+    env = {**os.environ, "KERAS_HOME": str(tmp_path / "keras_home"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run([sys.executable, "-c", _ONE_LINE_PER_PROCESS], capture_output=True, text=True, env=env,
+                         check=True, timeout=300)
+    assert out.stdout.count("copy shipped with transferkit") == 1, out.stdout  # one attempt, not one per model
+
+
+def test_shipped_mobilenet_classifies_real_photos_offline():
+    skimage_data = pytest.importorskip("skimage.data")
+    model = imagenet_classifier("mobilenet", weights="imagenet")  # sockets are blocked: the shipped copy
     photos = [skimage_data.chelsea(), skimage_data.coffee()]
     x = np.stack([resize_image(Image.fromarray(p), 224, mode="stretch") for p in photos]).astype("float32")
     top = decode_predictions(model.predict(x, verbose=0), top=1)
@@ -42,8 +58,8 @@ def test_shipped_mobilenet_classifies_real_photos_offline(caplog, monkeypatch):
 
 
 def test_shipped_weights_serve_headless_backbones_at_other_sizes():
-    net = tk.build_backbone(tk.get_backbone("mobilenet"), weights="imagenet", image_size=96)
-    random = tk.build_backbone(tk.get_backbone("mobilenet"), weights=None, image_size=96)
+    net = build_backbone(tk.get_backbone("mobilenet"), weights="imagenet", image_size=96)
+    random = build_backbone(tk.get_backbone("mobilenet"), weights=None, image_size=96)
     first = net.get_layer("conv1").kernel.numpy()
     assert net.output_shape == (None, 3, 3, 1024)
     assert not np.allclose(first, random.get_layer("conv1").kernel.numpy())

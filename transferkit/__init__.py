@@ -1,5 +1,11 @@
 """transferkit: transfer learning for images with Keras 3 on TensorFlow.
 
+Everything a user needs is importable from here; the implementation modules are private
+(``transferkit._finetuner`` …). Four public namespaces hold the more specialised tools:
+:mod:`transferkit.backbones` (writing your own backbone specs), :mod:`transferkit.data`
+(decoding and pipelines), :mod:`transferkit.hub` (TensorFlow Hub modules) and
+:mod:`transferkit.report` (plots), plus :mod:`transferkit.imagenet` (ImageNet predictions).
+
 Example:
     >>> import transferkit as tk
     >>> data = tk.load_folder("photos/", image_size=224)
@@ -8,30 +14,10 @@ Example:
     >>> tuner.evaluate(data).accuracy
 """
 
-from transferkit.backbones import (
-    BackboneSpec,
-    GroupRule,
-    build_backbone,
-    get_backbone,
-    layer_groups,
-    list_backbones,
-    register_backbone,
-)
-from transferkit.data import (
-    Augment,
-    ImageData,
-    ImageFiles,
-    SkippedFilesWarning,
-    from_arrays,
-    from_files,
-    load_csv,
-    load_folder,
-    make_dataset,
-    read_csv,
-    scan_folder,
-    stratified_split,
-)
-from transferkit.errors import (
+from transferkit import backbones as backbones  # registers the keras.applications backbones
+from transferkit import hub as hub  # registers the Hub resolver (URLs and SavedModel folders)
+from transferkit._errors import (
+    BackboneExistsError,
     ConfigError,
     DataError,
     MissingDependencyError,
@@ -40,11 +26,21 @@ from transferkit.errors import (
     UnknownBackboneError,
     WeightsUnavailableError,
 )
-from transferkit.finetuner import FINE_TUNE_PHASE, HEAD_PHASE, Evaluation, FineTuner, Phase, Predictions
-from transferkit.freezing import FreezeAll, FreezePolicy, UnfreezeAll, UnfreezeFrom, UnfreezeTop
-from transferkit.heads import Head
-from transferkit.models import build_model
-from transferkit.preprocessing import Preprocess
+from transferkit._features import FeatureCache
+from transferkit._finetuner import FineTuner
+from transferkit._freezing import FreezeAll, FreezePolicy, FreezeSummary, UnfreezeAll, UnfreezeFrom, UnfreezeTop
+from transferkit._heads import Head
+from transferkit._metrics import Evaluation, Predictions
+from transferkit._model import build_model
+from transferkit._phases import FINE_TUNE_PHASE, HEAD_PHASE, Phase
+from transferkit._public import publish as _publish
+from transferkit._tuning import SearchResult, search
+from transferkit.backbones._registry import BackboneSpec, get_backbone, list_backbones, register_backbone
+from transferkit.data._augment import Augment
+from transferkit.data._loaders import ImageData, from_arrays, from_files, load_csv, load_folder
+from transferkit.data._pipelines import PipelineSettings
+from transferkit.data._sources import ImageFiles, SkippedFilesWarning, read_csv, scan_folder
+from transferkit.data._splits import stratified_split
 
 __version__ = "0.1.0"
 
@@ -52,22 +48,25 @@ __all__ = [
     "FINE_TUNE_PHASE",
     "HEAD_PHASE",
     "Augment",
+    "BackboneExistsError",
     "BackboneSpec",
     "ConfigError",
     "DataError",
     "Evaluation",
+    "FeatureCache",
     "FineTuner",
     "FreezeAll",
     "FreezePolicy",
-    "GroupRule",
+    "FreezeSummary",
     "Head",
     "ImageData",
     "ImageFiles",
     "MissingDependencyError",
     "NotFittedError",
     "Phase",
+    "PipelineSettings",
     "Predictions",
-    "Preprocess",
+    "SearchResult",
     "SkippedFilesWarning",
     "TransferkitError",
     "UnfreezeAll",
@@ -76,18 +75,18 @@ __all__ = [
     "UnknownBackboneError",
     "WeightsUnavailableError",
     "__version__",
-    "build_backbone",
     "build_model",
     "from_arrays",
     "from_files",
     "get_backbone",
-    "layer_groups",
     "list_backbones",
     "load_csv",
     "load_folder",
-    "make_dataset",
     "read_csv",
     "register_backbone",
     "scan_folder",
+    "search",
     "stratified_split",
 ]
+
+_publish(__name__, globals(), __all__)

@@ -19,9 +19,14 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transferkit import BackboneSpec
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from transferkit._finetuner import DEFAULT_BACKBONE
 
 
 class _UsageError(Exception):
@@ -36,23 +41,20 @@ def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
 
 
 def _cmd_backbones(args: argparse.Namespace) -> int:
-    from transferkit.backbones import describe, get_backbone, list_backbones
+    import transferkit as tk
 
-    rows = [describe(get_backbone(n)) for n in list_backbones(include_test=args.all)]
-    if args.filter:
-        needle = args.filter.lower()
-        rows = [r for r in rows if needle in r["name"] or needle in r["family"]]
+    rows = [tk.get_backbone(n).describe() for n in tk.list_backbones(args.filter, include_test=args.all)]
     if args.json:
         print(json.dumps(rows, indent=2))
     elif args.markdown:
-        print(backbone_markdown(rows))
+        print(_backbone_markdown(rows))
     else:
         print(_table(rows, ("name", "family", "input_size", "params", "feature_dim", "preprocessing")))
         print(f"\n{len(rows)} backbones")
     return 0
 
 
-def backbone_markdown(rows: list[dict[str, Any]]) -> str:
+def _backbone_markdown(rows: list[dict[str, Any]]) -> str:
     """The backbone table as Markdown (docs/backbones.md holds this output)."""
     lines = ["| name | family | input size | parameters | feature size | preprocessing | constructor |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -69,22 +71,27 @@ def _weights(value: str) -> str | None:
     return value
 
 
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "backbone": "mobilenet_v2",
-    "weights": "imagenet",
-    "epochs": None,  # None: the FineTuner default of each phase
-    "learning_rate": None,
-    "fine_tune_epochs": None,
-    "fine_tune_learning_rate": None,
-    "unfreeze_blocks": None,
-    "image_size": None,
-    "batch_size": 32,
-    "validation_split": 0.2,
-    "augment": False,
-    "balanced": False,
-    "seed": 0,
-    "out": "run",
-}
+def _train_defaults() -> dict[str, Any]:
+    """The train command's options; None means "the library's default" for that option."""
+    return {
+        "backbone": None,  # FineTuner's default backbone
+        "weights": "imagenet",
+        "epochs": None,  # None: the default Phase of each phase
+        "learning_rate": None,
+        "fine_tune_epochs": None,
+        "fine_tune_learning_rate": None,
+        "unfreeze_blocks": None,
+        "image_size": None,  # the backbone's own input size
+        "batch_size": None,  # PipelineSettings' defaults
+        "validation_split": None,
+        "augment": False,
+        "balanced": False,
+        "seed": None,
+        "out": "run",
+    }
+
+
+TRAIN_OPTIONS = tuple(_train_defaults())
 
 
 def _read_config(path: str) -> dict[str, Any]:
@@ -113,34 +120,41 @@ def _read_config(path: str) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise _UsageError(f"--config {path!r}: expected a table of options at the top level.")
     options = {key.replace("-", "_"): value for key, value in config.items()}
-    unknown = sorted(set(options) - set(TRAIN_DEFAULTS) - {"data_dir"})
+    unknown = sorted(set(options) - set(TRAIN_OPTIONS) - {"data_dir"})
     if unknown:
-        raise _UsageError(f"--config {path!r}: unknown option(s) {unknown}. Known: {sorted(TRAIN_DEFAULTS)}.")
+        raise _UsageError(f"--config {path!r}: unknown option(s) {unknown}. Known: {sorted(TRAIN_OPTIONS)}.")
     return options
 
 
 def _train_options(args: argparse.Namespace) -> dict[str, Any]:
     """Command-line flags over the config file over the defaults."""
     config = _read_config(args.config) if args.config else {}
-    given = {k: v for k, v in vars(args).items() if k in TRAIN_DEFAULTS and v is not None}
-    options = {**TRAIN_DEFAULTS, **config, **given}
+    given = {k: v for k, v in vars(args).items() if k in TRAIN_OPTIONS and v is not None}
+    options = {**_train_defaults(), **config, **given}
     options["data_dir"] = args.data_dir or config.get("data_dir")
     if not options["data_dir"]:
         raise _UsageError("train: give DATA_DIR on the command line or data_dir in --config.")
     return options
 
 
+def _pipeline_options(options: dict[str, Any], spec: BackboneSpec) -> dict[str, Any]:
+    """The loader keywords the user set; the rest keep PipelineSettings' defaults."""
+    chosen = {"image_size": options["image_size"] or spec.input_size}
+    for key in ("batch_size", "validation_split", "seed"):
+        if options.get(key) is not None:
+            chosen[key] = options[key]
+    return chosen
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     import dataclasses
 
     import transferkit as tk
-    from transferkit.report import write_report
 
     o = _train_options(args)
-    spec = tk.get_backbone(o["backbone"])
-    data = tk.load_folder(o["data_dir"], image_size=o["image_size"] or spec.input_size,
-                          validation_split=o["validation_split"], seed=o["seed"], batch_size=o["batch_size"],
-                          augment=tk.Augment() if o["augment"] else None, progress=True)
+    spec = tk.get_backbone(o["backbone"] or DEFAULT_BACKBONE)
+    data = tk.load_folder(o["data_dir"], augment=tk.Augment() if o["augment"] else None, progress=True,
+                          **_pipeline_options(o, spec))
     head_phase = tk.HEAD_PHASE
     if o["epochs"] is not None:
         head_phase = dataclasses.replace(head_phase, epochs=o["epochs"])
@@ -154,14 +168,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if o["unfreeze_blocks"] is not None:
         fine = dataclasses.replace(fine, policy=tk.UnfreezeTop(o["unfreeze_blocks"]))
     tuner = tk.FineTuner(spec, weights=_weights(str(o["weights"])), head_phase=head_phase,
-                         fine_tune_phase=fine if fine.epochs else None, seed=o["seed"],
+                         fine_tune_phase=fine if fine.epochs else None, seed=data.settings.seed,
                          class_weight="balanced" if o["balanced"] else None)
     print(f"Training {spec.name} on {data.num_train} images ({data.num_validation} for validation), "
           f"classes: {', '.join(data.class_names)}")
     tuner.fit(data)
     out = Path(o["out"])
     tuner.save(out)
-    metrics = write_report(tuner, data, out)
+    metrics = tuner.write_report(data, out)
     if "validation" in metrics:
         print(f"Validation accuracy: {metrics['validation']['accuracy']:.4f}")
     print(f"Saved the model, metrics.json and plots to {out}")
@@ -170,39 +184,38 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_tune(args: argparse.Namespace) -> int:
     import transferkit as tk
-    from transferkit.features import FeatureCache
-    from transferkit.report import plot_scores, write_report
-    from transferkit.tuning import search, tuner_for_trial
+    from transferkit.report import plot_scores
 
-    spec = tk.get_backbone(args.backbone)
+    spec = tk.get_backbone(args.backbone or DEFAULT_BACKBONE)
     weights = _weights(args.weights)
-    data = tk.load_folder(args.data_dir, image_size=args.image_size or spec.input_size, seed=args.seed,
-                          batch_size=args.batch_size, progress=True)
+    options = {"image_size": args.image_size or spec.input_size, "seed": args.seed}
+    if args.batch_size is not None:
+        options["batch_size"] = args.batch_size
+    data = tk.load_folder(args.data_dir, progress=True, **options)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cache = FeatureCache()
+    cache = tk.FeatureCache()
     resumed = (out / "search").is_dir()
     print(f"{'Resuming' if resumed else 'Starting'} a {args.tuner} search of {args.max_trials} trials over the head"
           f"{' and the fine-tune depth' if args.fine_tune else ''} of {spec.name} ({out / 'search'})")
-    result = search(data, spec, weights=weights, max_trials=args.max_trials, tuner=args.tuner, epochs=args.epochs,
-                    fine_tune=args.fine_tune, directory=out / "search", seed=args.seed, cache=cache)
+    result = tk.search(data, spec, weights=weights, max_trials=args.max_trials, tuner=args.tuner, epochs=args.epochs,
+                       fine_tune=args.fine_tune, directory=out / "search", seed=args.seed, cache=cache)
     print(result.table())
     result.write_csv(out / "trials.csv")
     plot_scores(result, out / "search_scores.png")
     print(f"Best trial: validation accuracy {result.best_score:.4f} with "
           + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                       for k, v in result.best_values.items() if not k.startswith("tuner/")))
-    best = tuner_for_trial(result.best_values, spec, weights=weights, epochs=args.epochs,
-                           fine_tune_epochs=3 if args.fine_tune else 0, seed=args.seed, cache=cache)
+    best = result.best_tuner(cache=cache)
     best.fit(data, verbose=0)
     best.save(out)
-    write_report(best, data, out)
+    best.write_report(data, out)
     print(f"Retrained the best trial and saved it with its report, trials.csv and search_scores.png to {out}")
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from transferkit.demo import run_demo
+    from transferkit._demo import run_demo
 
     run_demo(Path(args.out), per_class=args.per_class, image_size=args.image_size, seed=args.seed)
     return 0
@@ -239,14 +252,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _show_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
-    from transferkit.data import SkippedFilesWarning
+def _show_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
+    from transferkit import SkippedFilesWarning
 
     if issubclass(category, SkippedFilesWarning):
         print(f"warning: {message}", file=sys.stderr)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _build_parser() -> argparse.ArgumentParser:
+    from transferkit._tuning import EPOCHS, MAX_TRIALS, TUNERS
+
     parser = argparse.ArgumentParser(prog="transferkit", description="Transfer learning for images with Keras 3.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command")
@@ -261,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="fine-tune a backbone on DATA_DIR/<class>/<images>")
     p.add_argument("data_dir", nargs="?", help="folder of class sub-folders (or data_dir in --config)")
     p.add_argument("--config", help="a .toml or .yaml file with any of the options below")
-    p.add_argument("--backbone", help="registry name (default mobilenet_v2)")
+    p.add_argument("--backbone", help=f"registry name (default {DEFAULT_BACKBONE})")
     p.add_argument("--weights", help="'imagenet' (default), 'none' or a weights file")
     p.add_argument("--epochs", type=int, help="head-training epochs")
     p.add_argument("--learning-rate", type=float)
@@ -279,14 +294,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tune", help="search the head (and fine-tune depth) with keras-tuner")
     p.add_argument("data_dir")
-    p.add_argument("--backbone", default="mobilenet_v2")
+    p.add_argument("--backbone", help=f"registry name (default {DEFAULT_BACKBONE})")
     p.add_argument("--weights", default="imagenet", help="'imagenet', 'none' or a weights file")
-    p.add_argument("--max-trials", type=int, default=20)
-    p.add_argument("--tuner", default="random", choices=["random", "bayesian", "hyperband"])
-    p.add_argument("--epochs", type=int, default=10, help="head-training epochs per trial")
+    p.add_argument("--max-trials", type=int, default=MAX_TRIALS)
+    p.add_argument("--tuner", default=TUNERS[0], choices=TUNERS)
+    p.add_argument("--epochs", type=int, default=EPOCHS, help="head-training epochs per trial")
     p.add_argument("--fine-tune", action="store_true", help="also search the fine-tune depth and learning rate")
     p.add_argument("--image-size", type=int)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="tune", help="run folder; running again on it resumes the search")
     p.set_defaults(func=_cmd_tune)
@@ -314,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = _build_parser()
     args = parser.parse_args(argv)
     if args.version:
         from transferkit import __version__
@@ -324,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    from transferkit.errors import TransferkitError
+    from transferkit import TransferkitError
 
     try:
         with warnings.catch_warnings():

@@ -20,16 +20,20 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import keras
 import tensorflow as tf
 
-from transferkit.backbones.groups import GroupRule
-from transferkit.backbones.registry import BackboneSpec, get_backbone, register_backbone
-from transferkit.errors import ConfigError, MissingDependencyError, WeightsUnavailableError
-from transferkit.preprocessing import Preprocess
+from transferkit._errors import ConfigError, MissingDependencyError, WeightsUnavailableError
+from transferkit._model import with_preprocessing
+from transferkit._types import PathLike, Weights
+from transferkit.backbones._groups import GroupRule
+from transferkit.backbones._registry import BackboneSpec, get_backbone, register_backbone, register_resolver
+
+__all__ = ["HubLayer", "export_hub_module", "hub_backbone", "register_hub_backbone", "resolve_handle"]
 
 HUB_LAYER = "hub_module"
 _HUB_GROUPS = GroupRule(blocks=(rf"^({HUB_LAYER})$",))
@@ -39,7 +43,7 @@ def _is_url(handle: str) -> bool:
     return handle.startswith(("http://", "https://"))
 
 
-def resolve_handle(handle: str | os.PathLike[str]) -> str:
+def resolve_handle(handle: PathLike) -> str:
     """A local directory for ``handle`` (URLs go through tensorflow_hub's cache).
 
     Raises:
@@ -67,6 +71,16 @@ def resolve_handle(handle: str | os.PathLike[str]) -> str:
             "Without network access, download it elsewhere, unpack it into a folder and pass that folder "
             f"as the handle (or place it in {cache})."
         ) from None
+
+
+def _handle_of(handle: str) -> str:
+    """The URL or folder behind ``handle`` (``hub:NAME`` is looked up in the registry)."""
+    if not handle.startswith("hub:"):
+        return handle
+    spec = get_backbone(handle)
+    if spec.handle is None:
+        raise ConfigError(f"Backbone {handle!r} is not a TensorFlow Hub module (it has no handle).")
+    return spec.handle
 
 
 def _safe_name(name: str) -> str:
@@ -102,7 +116,7 @@ class HubLayer(keras.layers.Layer):
         self.signature = signature
         self.output_key = output_key
         self.pass_training = pass_training
-        path = resolve_handle(get_backbone(self.handle).description if self.handle.startswith("hub:") else self.handle)
+        path = resolve_handle(_handle_of(self.handle))
         module = tf.saved_model.load(path)
         object.__setattr__(self, "_module", module)  # keep TensorFlow's object out of Keras tracking
         if signature is None and callable(module) and hasattr(module, "variables"):
@@ -130,7 +144,12 @@ class HubLayer(keras.layers.Layer):
             self._track_variable(wrapped)
         self.built = True
 
-    def call(self, inputs: Any, training: bool | None = None) -> Any:
+    @property
+    def module(self) -> tf.Module:
+        """The loaded SavedModel; its ``tf.Variable`` objects are this layer's weights, not copies."""
+        return self._module
+
+    def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         x = tf.convert_to_tensor(inputs, dtype=tf.float32)
         if self._takes_training:
             outputs = self._fn(x, training=bool(training and self.pass_training and self.trainable))
@@ -164,8 +183,9 @@ class HubLayer(keras.layers.Layer):
         return cls(**config)
 
 
-def _hub_constructor(handle: str, signature: str | None, output_key: str | None):
-    def build(*, input_shape: tuple[int, int, int], weights: Any) -> keras.Model:
+def _hub_constructor(handle: str, signature: str | None, output_key: str | None
+                     ) -> Callable[..., keras.Model]:
+    def build(*, input_shape: tuple[int, int, int], weights: Weights) -> keras.Model:
         if weights not in ("imagenet", None) and not isinstance(weights, str):
             raise ConfigError("Hub backbones carry their own weights: pass weights='imagenet'.")
         if weights is None:
@@ -190,7 +210,7 @@ def _probe(handle: str, signature: str | None, output_key: str | None, input_siz
 
 
 def hub_backbone(
-    handle: str | os.PathLike[str],
+    handle: PathLike,
     *,
     name: str | None = None,
     input_size: int | None = None,
@@ -217,19 +237,20 @@ def hub_backbone(
         preprocessing=preprocessing,
         feature_dim=feature_dim,
         groups=_HUB_GROUPS,
-        description=text,
+        description=f"TensorFlow Hub module {text}",
         source="hub",
+        handle=text,
     )
 
 
-def register_hub_backbone(name: str, handle: str | os.PathLike[str], *, overwrite: bool = False,
+def register_hub_backbone(name: str, handle: PathLike, *, overwrite: bool = False,
                           **options: Any) -> BackboneSpec:
     """Register a Hub module under ``hub:NAME`` so FineTuner, the CLI and saved models can name it."""
     key = name if name.startswith("hub:") else f"hub:{name}"
     return register_backbone(hub_backbone(handle, name=key, **options), overwrite=overwrite)
 
 
-def export_hub_module(model: keras.Model, directory: str | os.PathLike[str], *,
+def export_hub_module(model: keras.Model, directory: PathLike, *,
                       backbone: str | BackboneSpec | None = None) -> Path:
     """Write ``model`` as a TF2 SavedModel in the Hub format (``hub.load`` and :class:`HubLayer` read it).
 
@@ -243,8 +264,7 @@ def export_hub_module(model: keras.Model, directory: str | os.PathLike[str], *,
     inputs = keras.Input((size, size, 3), name="image_unit")
     raw = keras.layers.Rescaling(255.0, name="to_pixels")(inputs)
     if backbone is not None:
-        spec = get_backbone(backbone)
-        x = model(Preprocess(spec.preprocessing, name="preprocess")(raw))
+        x = with_preprocessing(model, get_backbone(backbone).preprocessing, name="raw_pixel_backbone")(raw)
         outputs = keras.layers.GlobalAveragePooling2D(name="pool")(x) if len(x.shape) == 4 else x
     else:
         outputs = model(raw)
@@ -263,3 +283,13 @@ def export_hub_module(model: keras.Model, directory: str | os.PathLike[str], *,
     out = Path(directory)
     tf.saved_model.save(module, str(out), signatures={"serving_default": serve})
     return out
+
+
+def _resolve(name: str) -> BackboneSpec | None:
+    """The registry's resolver for names it does not hold: Hub URLs and SavedModel folders."""
+    if name.startswith(("http://", "https://")) or os.path.isdir(name):
+        return hub_backbone(name)
+    return None
+
+
+register_resolver(_resolve)

@@ -15,10 +15,13 @@ import functools
 import keras
 import numpy as np
 
-from transferkit.backbones.registry import BackboneSpec, get_backbone
-from transferkit.backbones.weights import WeightsArg, build_classifier, shipped_file
-from transferkit.errors import ConfigError
-from transferkit.preprocessing import Preprocess
+from transferkit._errors import ConfigError
+from transferkit._model import with_preprocessing
+from transferkit._types import Weights
+from transferkit.backbones._registry import BackboneSpec, get_backbone
+from transferkit.backbones._weights import build_classifier, shipped_file
+
+__all__ = ["decode_predictions", "imagenet_class_names", "imagenet_classifier"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -39,7 +42,7 @@ def decode_predictions(probabilities: np.ndarray, top: int = 5) -> list[list[tup
 
 
 def imagenet_classifier(
-    backbone: str | BackboneSpec = "mobilenet", *, weights: WeightsArg = "imagenet", image_size: int | None = None
+    backbone: str | BackboneSpec = "mobilenet", *, weights: Weights = "imagenet", image_size: int | None = None
 ) -> keras.Model:
     """A pretrained ImageNet classifier that takes raw RGB pixels in [0, 255].
 
@@ -48,7 +51,4 @@ def imagenet_classifier(
     """
     spec = get_backbone(backbone)
     net = build_classifier(spec, weights=weights, image_size=image_size)
-    size = int(net.input_shape[1])
-    inputs = keras.Input((size, size, 3), name="image")
-    outputs = net(Preprocess(spec.preprocessing, name="preprocess")(inputs))
-    return keras.Model(inputs, outputs, name=f"imagenet_{spec.name}")
+    return with_preprocessing(net, spec.preprocessing, name=f"imagenet_{spec.name}")

@@ -2,19 +2,30 @@
 
 * :func:`plot_history` — loss and accuracy of both phases on one figure, phase boundary marked;
 * :func:`plot_confusion_matrix` — counts, true class down, predicted class across;
-* :func:`plot_predictions` — a grid of validation images titled "predicted (true)", mistakes in red.
+* :func:`plot_predictions` — a grid of validation images titled "predicted (true)", mistakes in red;
+* :func:`plot_scores` — the trials of a search;
+* :func:`write_report` — all of them plus ``metrics.json`` and ``labels.txt`` for one run.
 """
 
 from __future__ import annotations
 
-import os
+import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from transferkit.errors import MissingDependencyError
+from transferkit._errors import MissingDependencyError
+from transferkit._metrics import Evaluation, Predictions
+from transferkit._types import History, PathLike
+from transferkit.data._images import load_image
+from transferkit.data._pipelines import PipelineSettings
+
+__all__ = ["plot_confusion_matrix", "plot_history", "plot_predictions", "plot_scores", "write_report"]
+
+if TYPE_CHECKING:
+    from transferkit._tuning import SearchResult
 
 
 def _pyplot() -> Any:
@@ -30,7 +41,7 @@ def _pyplot() -> Any:
     return plt
 
 
-def plot_history(history: dict[str, dict[str, list[float]]], path: str | os.PathLike[str]) -> Path:
+def plot_history(history: dict[str, History], path: PathLike) -> Path:
     """Training curves of every phase, one after the other, with a line where each phase starts."""
     plt = _pyplot()
     metrics = [m for m in ("loss", "accuracy") if any(m in h for h in history.values())]
@@ -57,7 +68,7 @@ def plot_history(history: dict[str, dict[str, list[float]]], path: str | os.Path
     return _save(fig, path)
 
 
-def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: str | os.PathLike[str]) -> Path:
+def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: PathLike) -> Path:
     """The confusion matrix as a heat map with the counts written in."""
     plt = _pyplot()
     cm = np.asarray(matrix)
@@ -80,7 +91,7 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: 
 def plot_predictions(
     images: np.ndarray,
     predicted: Sequence[str],
-    path: str | os.PathLike[str],
+    path: PathLike,
     *,
     true: Sequence[str] | None = None,
     title: str | None = None,
@@ -117,8 +128,8 @@ def plot_predictions(
     return _save(fig, path)
 
 
-def plot_scores(result: Any, path: str | os.PathLike[str]) -> Path:
-    """Score of each trial of a search (a ``tuning.SearchResult``) in order, with the best so far."""
+def plot_scores(result: SearchResult, path: PathLike) -> Path:
+    """Score of each trial of a search (a :class:`~transferkit.SearchResult`) in order, with the best so far."""
     plt = _pyplot()
     scores = [row["score"] for row in result.rows]
     best = [max(scores[: i + 1]) for i in range(len(scores))]
@@ -133,7 +144,7 @@ def plot_scores(result: Any, path: str | os.PathLike[str]) -> Path:
     return _save(fig, path)
 
 
-def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
+def _save(fig: Any, path: PathLike) -> Path:
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
@@ -143,36 +154,64 @@ def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
     return out
 
 
-def write_report(tuner: Any, data: Any, out: str | os.PathLike[str], *, grid: int = 10) -> dict[str, Any]:
-    """Evaluate ``tuner`` on ``data.validation`` and write metrics.json, labels.txt and the three PNGs.
+def _example_labels(examples: Predictions, truth: np.ndarray) -> tuple[list[str], list[str]]:
+    """Predicted and true label text of each example: one class, or the set of a multi-label head."""
+    names = examples.class_names
+    if truth.ndim == 2:  # multi-hot rows
+        predicted = [", ".join(s) or "(none)" for s in examples.label_sets()]
+        true = [", ".join(names[j] for j in np.flatnonzero(row >= 0.5)) or "(none)" for row in truth]
+        return predicted, true
+    return examples.labels, [names[int(i)] for i in truth]
 
-    Returns the metrics written to ``metrics.json``.
+
+def write_report(
+    out: PathLike,
+    *,
+    class_names: Sequence[str],
+    history: dict[str, History],
+    evaluation: Evaluation | None = None,
+    examples: Predictions | None = None,
+    truth: np.ndarray | None = None,
+    image_settings: PipelineSettings | None = None,
+    skipped: Sequence[tuple[str, str]] = (),
+    grid: int = 10,
+) -> dict[str, Any]:
+    """Write labels.txt, metrics.json and the PNGs of a run into ``out``; returns the metrics written.
+
+    :meth:`transferkit.FineTuner.write_report` gathers all of this from a trained tuner.
+
+    Args:
+        out: The run folder.
+        class_names: Name of each class index.
+        history: Keras history of each phase (``FineTuner.history``).
+        evaluation: Validation metrics; the confusion matrix is drawn when it has one (single-label).
+        examples: Predictions made from image files (their ``paths`` are set); a grid of them is
+            drawn, mistakes in red — half mistakes when there are that many.
+        truth: True labels of ``examples``: class indices, or multi-hot rows.
+        image_settings: How the example files are drawn (size, resize mode, background); the
+            model's own settings, so the grid shows what the network saw.
+        skipped: ``(path, reason)`` of files left out of the data, listed in metrics.json.
+        grid: Number of examples in the grid.
     """
-    import json
-
-    from transferkit.data import load_image
-
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
-    (root / "labels.txt").write_text("\n".join(tuner.class_names) + "\n")
-    metrics: dict[str, Any] = {"history": tuner.history, "skipped": [list(s) for s in data.skipped]}
-    plot_history(tuner.history, root / "training_curves.png")
-    if data.validation is not None:
-        evaluation = tuner.evaluate(data.validation)
+    (root / "labels.txt").write_text("\n".join(class_names) + "\n")
+    metrics: dict[str, Any] = {"history": history, "skipped": [list(s) for s in skipped]}
+    plot_history(history, root / "training_curves.png")
+    if evaluation is not None:
         metrics["validation"] = evaluation.to_dict()
-        plot_confusion_matrix(evaluation.confusion_matrix, tuner.class_names, root / "confusion_matrix.png")
-        files = data.validation_files
-        if files is not None and len(files):
-            # half mistakes (if there are that many), the rest right, so the grid shows both
-            predictions = tuner.predict(list(files.paths))
-            true = [files.class_names[i] for i in files.labels]
-            wrong = [i for i in range(len(true)) if predictions.labels[i] != true[i]]
-            right = [i for i in range(len(true)) if predictions.labels[i] == true[i]]
-            shown_wrong = wrong[: max(grid // 2, grid - len(right))]
-            order = sorted(shown_wrong + right[: grid - len(shown_wrong)])
-            images = np.stack([load_image(files.paths[i], image_size=tuner.image_size, resize=tuner.resize,
-                                          background=tuner.background) for i in order])
-            plot_predictions(images, [predictions.labels[i] for i in order], root / "predictions.png",
-                             true=[true[i] for i in order], rows=2, columns=max(1, (len(order) + 1) // 2))
+        if evaluation.confusion_matrix is not None:
+            plot_confusion_matrix(evaluation.confusion_matrix, class_names, root / "confusion_matrix.png")
+    if examples is not None and examples.paths and truth is not None:
+        settings = image_settings or PipelineSettings()
+        predicted, true = _example_labels(examples, np.asarray(truth))
+        wrong = [i for i in range(len(true)) if predicted[i] != true[i]]
+        right = [i for i in range(len(true)) if predicted[i] == true[i]]
+        shown_wrong = wrong[: max(grid // 2, grid - len(right))]
+        order = sorted(shown_wrong + right[: grid - len(shown_wrong)])
+        images = np.stack([load_image(examples.paths[i], image_size=settings.image_size, resize=settings.resize,
+                                      background=settings.background) for i in order])
+        plot_predictions(images, [predicted[i] for i in order], root / "predictions.png",
+                         true=[true[i] for i in order], rows=2, columns=max(1, (len(order) + 1) // 2))
     (root / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics

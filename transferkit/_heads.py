@@ -11,7 +11,7 @@ from typing import Any
 
 import keras
 
-from transferkit.errors import ConfigError, check_choice
+from transferkit._errors import ConfigError, check_choice
 
 TASKS = ("single_label", "multi_label", "regression")
 POOLINGS = ("avg", "max")
@@ -64,14 +64,14 @@ class Head:
             return keras.losses.BinaryCrossentropy()
         return keras.losses.MeanSquaredError()
 
-    def metrics(self) -> list[Any]:
+    def metrics(self) -> list[keras.metrics.Metric]:
         if self.task == "single_label":
             return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
         if self.task == "multi_label":
             return [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc", multi_label=True)]
         return [keras.metrics.MeanAbsoluteError(name="mae")]
 
-    def build(self, features: Any, num_outputs: int) -> Any:
+    def build(self, features: keras.KerasTensor, num_outputs: int) -> keras.KerasTensor:
         """Apply the head to a symbolic feature tensor and return the output tensor."""
         if not isinstance(num_outputs, int) or num_outputs < 1:
             raise ConfigError(f"Expected num_outputs to be a positive integer. Received: {num_outputs!r}.")
@@ -95,6 +95,12 @@ class Head:
         return keras.layers.Dense(
             num_outputs, activation=self.output_activation, dtype="float32", name="head_output"
         )(x)
+
+    def build_model(self, feature_shape: tuple[int | None, ...], num_outputs: int, *, name: str = "head"
+                    ) -> keras.Model:
+        """The head as a model of its own, taking the backbone's features (``feature_shape``, no batch)."""
+        features = keras.Input(shape=tuple(feature_shape), name="features")
+        return keras.Model(features, self.build(features, num_outputs), name=name)
 
     def to_config(self) -> dict[str, Any]:
         return {

@@ -12,7 +12,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from transferkit.errors import check_choice
+from transferkit._errors import check_choice
 
 # What each mode does, as documented by keras.applications and TensorFlow Hub.
 PREPROCESSING_MODES: dict[str, str] = {

@@ -11,8 +11,8 @@ from typing import Any
 
 import keras
 
-from transferkit.backbones.groups import GroupRule
-from transferkit.backbones.registry import BackboneSpec, register_backbone
+from transferkit.backbones._groups import GroupRule
+from transferkit.backbones._registry import BackboneSpec, register_backbone
 
 _MOBILENET = GroupRule(blocks=(r"^conv_(?:dw|pw|pad)_(\d+)",), stem=r"^conv1")
 _MOBILENET_V2 = GroupRule(

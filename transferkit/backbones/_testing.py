@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import keras
 
-from transferkit.backbones.groups import GroupRule
-from transferkit.backbones.registry import BackboneSpec, register_backbone
+from transferkit.backbones._groups import GroupRule
+from transferkit.backbones._registry import BackboneSpec, register_backbone
 
 
 def _tiny_cnn(*, input_shape: tuple[int, int, int], weights: str | None, width: int = 8) -> keras.Model:

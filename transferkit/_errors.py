@@ -52,15 +52,24 @@ def closest(value: str, options: Iterable[str], n: int = 3) -> list[str]:
     return [by_case[m] for m in difflib.get_close_matches(value.lower(), list(by_case), n=n, cutoff=0.5)]
 
 
+def did_you_mean(value: object, options: Iterable[str], n: int = 3) -> str:
+    """`` Did you mean 'a', 'b'?`` for the options that look like ``value``, or ``""``.
+
+    Every "unknown name" message in transferkit ends with this hint, so they all read alike.
+    """
+    if not isinstance(value, str):
+        return ""
+    options = list(options)
+    near = closest(value, options, n=n) or closest(value.replace("_", ""), options, n=n)
+    return f" Did you mean {', '.join(repr(o) for o in near)}?" if near else ""
+
+
 def check_choice(argument: str, value: object, choices: Iterable[str]) -> str:
     """Validate an option string, naming the argument and the valid values when it is wrong."""
     choices = list(choices)
     if isinstance(value, str) and value in choices:
         return value
-    hint = ""
-    if isinstance(value, str):
-        near = closest(value, choices, n=1)
-        hint = f" Did you mean {near[0]!r}?" if near else ""
+    hint = did_you_mean(value, choices, n=1)
     raise ConfigError(
         f"Expected {argument} to be one of {', '.join(repr(c) for c in choices)}. "
         f"Received: {argument}={value!r}.{hint}"

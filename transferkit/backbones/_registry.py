@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import keras
 
-from transferkit.backbones.groups import GroupRule
-from transferkit.errors import BackboneExistsError, ConfigError, UnknownBackboneError, closest
-from transferkit.preprocessing import PREPROCESSING_MODES
+from transferkit._errors import BackboneExistsError, ConfigError, UnknownBackboneError, did_you_mean
+from transferkit.backbones._groups import GroupRule
+from transferkit.backbones._preprocessing import PREPROCESSING_MODES
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,7 +31,9 @@ class BackboneSpec:
         feature_dim: Channels of the feature map (the size of the pooled feature vector).
         groups: How to split the network into stem, blocks and top.
         description: One line for tables.
-        source: ``"keras.applications"``, ``"test"`` or ``"user"``.
+        source: ``"keras.applications"``, ``"hub"``, ``"test"`` or ``"user"``.
+        handle: Where the weights come from when they are not a Keras download: the URL or
+            folder of a TensorFlow Hub module (``None`` for keras.applications networks).
         params: Parameter count of the headless network (for tables; checked by the tests).
         offline_weights: File name, in ``transferkit/assets``, of ImageNet weights shipped with
             the package (by layer name, classifier included); used when the download fails.
@@ -55,6 +56,7 @@ class BackboneSpec:
     groups: GroupRule = field(repr=False)
     description: str = ""
     source: str = "user"
+    handle: str | None = None
     offline_weights: str | None = None
     params: int | None = None
 
@@ -78,6 +80,22 @@ class BackboneSpec:
             )
         return size
 
+    def describe(self) -> dict[str, Any]:
+        """A plain-data row describing this backbone (for tables and JSON)."""
+        return {
+            "name": self.name,
+            "family": self.family,
+            "input_size": self.input_size,
+            "feature_dim": self.feature_dim,
+            "params": f"{self.params / 1e6:.1f}M" if self.params else "?",
+            "preprocessing": self.preprocessing,
+            "source": self.source,
+            "description": self.description,
+        }
+
+
+Resolver = Callable[[str], "BackboneSpec | None"]
+"""Turns a name the registry does not hold into a spec, or returns ``None`` if it is not its kind."""
 
 _REGISTRY: dict[str, BackboneSpec] = {}
 
@@ -101,6 +119,26 @@ def register_backbone(spec: BackboneSpec, *, overwrite: bool = False) -> Backbon
     return spec
 
 
+def unregister_backbone(name: str) -> None:
+    """Remove ``name`` from the registry (nothing happens if it is not there)."""
+    _REGISTRY.pop(name, None)
+
+
+# Other sources of backbones (TensorFlow Hub handles) plug in here, so that the registry itself
+# imports nothing but data: ``transferkit.hub`` adds its resolver when it is imported.
+_RESOLVERS: list[Resolver] = []
+
+
+def register_resolver(resolver: Resolver) -> None:
+    """Let :func:`get_backbone` turn names the registry does not hold into specs.
+
+    ``resolver(name)`` returns a :class:`BackboneSpec`, or ``None`` when ``name`` is not
+    something it knows how to build (the next resolver is asked then).
+    """
+    if resolver not in _RESOLVERS:
+        _RESOLVERS.append(resolver)
+
+
 def get_backbone(name: str | BackboneSpec) -> BackboneSpec:
     """Look up a backbone by name (a spec is returned as it is).
 
@@ -113,50 +151,42 @@ def get_backbone(name: str | BackboneSpec) -> BackboneSpec:
     """
     if isinstance(name, BackboneSpec):
         return name
-    if isinstance(name, str) and name in _REGISTRY:
+    if not isinstance(name, str):
+        raise UnknownBackboneError(f"Expected a backbone name or BackboneSpec. Received: {name!r}.")
+    if name in _REGISTRY:
         return _REGISTRY[name]
-    if isinstance(name, str) and (name.startswith(("http://", "https://")) or os.path.isdir(name)):
-        from transferkit.hub import hub_backbone  # a Hub handle: URL or SavedModel folder
-
-        return hub_backbone(name)
-    key = name.strip().lower().replace("-", "_") if isinstance(name, str) else name
+    for resolver in _RESOLVERS:
+        spec = resolver(name)
+        if spec is not None:
+            return spec
+    key = name.strip().lower().replace("-", "_")
     if key in _REGISTRY:
         return _REGISTRY[key]
-    near = closest(str(name), _REGISTRY) or closest(str(name).replace("_", ""), _REGISTRY)
-    hint = f" Did you mean {', '.join(repr(n) for n in near)}?" if near else ""
     raise UnknownBackboneError(
-        f"Unknown backbone {name!r}.{hint} Run `transferkit backbones` or call "
+        f"Unknown backbone {name!r}.{did_you_mean(name, _REGISTRY)} Run `transferkit backbones` or call "
         "transferkit.list_backbones() to see all names."
     )
 
 
-def list_backbones(*, family: str | None = None, include_test: bool = False) -> list[str]:
+def list_backbones(
+    filter: str | None = None, *, family: str | None = None, include_test: bool = False
+) -> list[str]:
     """Names of the registered backbones, sorted.
 
     Args:
+        filter: Only names or families that contain this text (case-insensitive).
         family: Only this family (``"resnet"``, ``"efficientnet"`` …).
         include_test: Also list the tiny backbones used by the test-suite.
+
+    Example:
+        >>> list_backbones("resnet1")
+        ['resnet101', 'resnet101_v2', 'resnet152', 'resnet152_v2']
     """
+    needle = filter.lower() if filter else None
     return sorted(
         name
         for name, spec in _REGISTRY.items()
-        if (include_test or spec.source != "test") and (family is None or spec.family == family)
+        if (include_test or spec.source != "test")
+        and (family is None or spec.family == family)
+        and (needle is None or needle in name.lower() or needle in spec.family.lower())
     )
-
-
-def _unregister(name: str) -> None:
-    _REGISTRY.pop(name, None)
-
-
-def describe(spec: BackboneSpec) -> dict[str, Any]:
-    """A plain-data row describing ``spec`` (for tables and JSON)."""
-    return {
-        "name": spec.name,
-        "family": spec.family,
-        "input_size": spec.input_size,
-        "feature_dim": spec.feature_dim,
-        "params": f"{spec.params / 1e6:.1f}M" if spec.params else "?",
-        "preprocessing": spec.preprocessing,
-        "source": spec.source,
-        "description": spec.description,
-    }

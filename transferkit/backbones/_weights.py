@@ -26,10 +26,10 @@ import h5py
 import keras
 import numpy as np
 
-from transferkit.backbones.registry import BackboneSpec
-from transferkit.errors import WeightsUnavailableError
+from transferkit._errors import WeightsUnavailableError
+from transferkit._types import Weights
+from transferkit.backbones._registry import BackboneSpec
 
-WeightsArg = str | os.PathLike[str] | None
 log = logging.getLogger("transferkit")
 
 
@@ -62,7 +62,7 @@ def _download_error(spec: BackboneSpec, error: BaseException) -> WeightsUnavaila
     )
 
 
-def build_backbone(spec: BackboneSpec, *, weights: WeightsArg, image_size: int | None = None) -> keras.Model:
+def build_backbone(spec: BackboneSpec, *, weights: Weights, image_size: int | None = None) -> keras.Model:
     """Build ``spec``'s headless network at ``image_size`` with ``weights``.
 
     Example:
@@ -117,7 +117,7 @@ def _imagenet(spec: BackboneSpec, constructor: Callable[..., keras.Model], shape
     return model
 
 
-def build_classifier(spec: BackboneSpec, *, weights: WeightsArg, image_size: int | None = None) -> keras.Model:
+def build_classifier(spec: BackboneSpec, *, weights: Weights, image_size: int | None = None) -> keras.Model:
     """Build ``spec``'s network *with* its original ImageNet classifier (1000 softmax outputs).
 
     Takes the same ``weights`` as :func:`build_backbone`; the input is what the network expects

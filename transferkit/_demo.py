@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from transferkit.backbones.weights import shipped_file
-from transferkit.data import load_folder
-from transferkit.errors import ConfigError
-from transferkit.finetuner import FINE_TUNE_PHASE, HEAD_PHASE, FineTuner
-from transferkit.report import write_report
+from transferkit._errors import ConfigError
+from transferkit._finetuner import FineTuner
+from transferkit._phases import FINE_TUNE_PHASE, HEAD_PHASE
+from transferkit.backbones._weights import shipped_file
+from transferkit.data._loaders import load_folder
 
 DEMO_DATA = "fashion_mnist_500.npz"
 
@@ -57,7 +57,7 @@ def run_demo(out: Path, *, per_class: int = 50, image_size: int = 96, seed: int 
         if weights:
             run = out / "run"
             tuner.save(run)
-            write_report(tuner, data, run)
+            tuner.write_report(data, run)
     print(f"\nValidation accuracy after fine-tuning ImageNet weights: {accuracies['imagenet']:.3f}")
     print(f"Validation accuracy of the same network from random weights: {accuracies['random']:.3f}")
     print(f"Report (model, metrics.json, training_curves.png, confusion_matrix.png, predictions.png): {out / 'run'}")

@@ -11,17 +11,19 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import keras
 import numpy as np
 
-from transferkit.backbones.groups import TOP, block_names, layer_groups
-from transferkit.backbones.registry import BackboneSpec, get_backbone
-from transferkit.errors import ConfigError, closest
+from transferkit._errors import ConfigError, did_you_mean
+from transferkit._model import backbone_of
+from transferkit.backbones._groups import TOP, block_names, layer_groups
+from transferkit.backbones._registry import BackboneSpec, get_backbone
 from transferkit.hub import HubLayer
 
-BACKBONE_LAYER = "backbone"
+log = logging.getLogger("transferkit")
 
 
 @dataclass(frozen=True)
@@ -31,14 +33,6 @@ class FreezeSummary:
     trainable_layers: int
     trainable_params: int
     total_params: int
-
-
-def backbone_of(model: keras.Model) -> keras.Model:
-    """The backbone sub-model of a transferkit model (or ``model`` itself if it is a backbone)."""
-    try:
-        return model.get_layer(BACKBONE_LAYER)
-    except ValueError:
-        return model
 
 
 def _count(weights: list) -> int:
@@ -57,20 +51,27 @@ class FreezePolicy:
 
     train_batchnorm: bool = False
 
-    def select(self, backbone: keras.Model, groups: dict[str, list[str]]) -> set[str]:
-        """Names of the backbone layers that should train."""
+    def select(self, backbone: keras.Model, groups: dict[str, list[str]], *, clamp: bool = False) -> set[str]:
+        """Names of the backbone layers that should train.
+
+        ``clamp=True`` turns a request the backbone cannot meet (more blocks than it has) into
+        the nearest one it can, with a warning, instead of an error.
+        """
         raise NotImplementedError
 
-    def apply(self, model: keras.Model, backbone: str | BackboneSpec) -> FreezeSummary:
+    def apply(self, model: keras.Model, backbone: str | BackboneSpec, *, clamp: bool = False) -> FreezeSummary:
         """Apply the policy to ``model`` (a transferkit model or a bare backbone).
 
         Args:
             model: The model whose backbone to (un)freeze.
             backbone: The backbone's registry name or spec (it knows the layer groups).
+            clamp: Meet a request the backbone cannot (``UnfreezeTop(4)`` on a one-block Hub
+                module) as nearly as it can, with a warning, instead of raising. The
+                :class:`~transferkit.FineTuner` clamps, so its default recipe fits every backbone.
         """
         spec = get_backbone(backbone)
         net = backbone_of(model)
-        chosen = self.select(net, layer_groups(net, spec.groups))
+        chosen = self.select(net, layer_groups(net, spec.groups), clamp=clamp)
         net.trainable = bool(chosen)
         for layer in net.layers:
             is_bn = isinstance(layer, keras.layers.BatchNormalization)
@@ -90,7 +91,7 @@ class FreezePolicy:
 class FreezeAll(FreezePolicy):
     """Freeze the whole backbone (feature extraction); only the head trains."""
 
-    def select(self, backbone: keras.Model, groups: dict[str, list[str]]) -> set[str]:
+    def select(self, backbone: keras.Model, groups: dict[str, list[str]], *, clamp: bool = False) -> set[str]:
         return set()
 
 
@@ -98,7 +99,7 @@ class FreezeAll(FreezePolicy):
 class UnfreezeAll(FreezePolicy):
     """Train the whole backbone (full fine-tuning)."""
 
-    def select(self, backbone: keras.Model, groups: dict[str, list[str]]) -> set[str]:
+    def select(self, backbone: keras.Model, groups: dict[str, list[str]], *, clamp: bool = False) -> set[str]:
         return {layer.name for layer in backbone.layers}
 
 
@@ -117,14 +118,19 @@ class UnfreezeTop(FreezePolicy):
         if not isinstance(self.blocks, int) or self.blocks < 0:
             raise ConfigError(f"Expected blocks to be an integer >= 0. Received: blocks={self.blocks!r}.")
 
-    def select(self, backbone: keras.Model, groups: dict[str, list[str]]) -> set[str]:
+    def select(self, backbone: keras.Model, groups: dict[str, list[str]], *, clamp: bool = False) -> set[str]:
         blocks = block_names(groups)
-        if self.blocks > len(blocks):
-            raise ConfigError(
-                f"UnfreezeTop(blocks={self.blocks}) asks for more blocks than the backbone has ({len(blocks)}). "
-                f"Use a number up to {len(blocks)}, or UnfreezeAll()."
-            )
-        chosen = [*blocks[len(blocks) - self.blocks:], TOP]
+        count = self.blocks
+        if count > len(blocks):
+            if not clamp:
+                raise ConfigError(
+                    f"UnfreezeTop(blocks={self.blocks}) asks for more blocks than the backbone has ({len(blocks)}). "
+                    f"Use a number up to {len(blocks)}, or UnfreezeAll()."
+                )
+            log.warning("The backbone has %d block(s); unfreezing all of them instead of %d.", len(blocks),
+                        self.blocks)
+            count = len(blocks)
+        chosen = [*blocks[len(blocks) - count:], TOP]
         return {name for group in chosen for name in groups.get(group, [])}
 
 
@@ -134,10 +140,10 @@ class UnfreezeFrom(FreezePolicy):
 
     layer: str = ""
 
-    def select(self, backbone: keras.Model, groups: dict[str, list[str]]) -> set[str]:
+    def select(self, backbone: keras.Model, groups: dict[str, list[str]], *, clamp: bool = False) -> set[str]:
         names = [layer.name for layer in backbone.layers]
         if self.layer not in names:
-            near = closest(self.layer, names)
-            hint = f" Did you mean {', '.join(repr(n) for n in near)}?" if near else ""
-            raise ConfigError(f"UnfreezeFrom: the backbone has no layer named {self.layer!r}.{hint}")
+            raise ConfigError(
+                f"UnfreezeFrom: the backbone has no layer named {self.layer!r}.{did_you_mean(self.layer, names)}"
+            )
         return set(names[names.index(self.layer) :])

@@ -31,7 +31,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from transferkit.backbones.groups import producers
+from transferkit._types import PathLike
+from transferkit.backbones._groups import producers
 
 log = logging.getLogger("transferkit")
 
@@ -91,7 +92,7 @@ class FeatureCache:
         >>> tuner = FineTuner("mobilenet_v2", weights="imagenet", cache=cache)
     """
 
-    def __init__(self, directory: str | os.PathLike[str] | None = None, *, memory_limit: int = 2 * 1024**3) -> None:
+    def __init__(self, directory: PathLike | None = None, *, memory_limit: int = 2 * 1024**3) -> None:
         self.directory = Path(directory).expanduser() if directory is not None else None
         self.memory_limit = memory_limit
         self._memory: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -101,7 +102,15 @@ class FeatureCache:
     def _files(self, key: str, directory: Path) -> tuple[Path, Path]:
         return directory / f"{key}.features.npy", directory / f"{key}.labels.npy"
 
+    def entries(self) -> list[str]:
+        """Keys of the stored arrays: held by this cache (in memory or memory-mapped) or in ``directory``."""
+        stored = set(self._memory)
+        if self.directory is not None and self.directory.is_dir():
+            stored |= {p.name[: -len(".features.npy")] for p in self.directory.glob("*.features.npy")}
+        return sorted(stored)
+
     def get(self, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(features, labels)`` stored under ``key``, or ``None``; arrays on disk come memory-mapped."""
         if key in self._memory:
             return self._memory[key]
         if self.directory is not None:
@@ -110,7 +119,7 @@ class FeatureCache:
                 return np.load(features, mmap_mode="r"), np.load(labels)
         return None
 
-    def compute(self, key: str, extractor: keras.Model, batches: Iterable[tuple[Any, Any]], count: int,
+    def compute(self, key: str, extractor: keras.Model, batches: Iterable[tuple[tf.Tensor, tf.Tensor]], count: int,
                 *, progress: bool = False) -> CachedArrays:
         """Return the cached arrays for ``key``, or run ``extractor`` over ``batches`` and store them."""
         found = self.get(key)
@@ -148,9 +157,11 @@ class FeatureCache:
             del features
             np.save(final_labels, label_array)
             os.replace(partial, final_features)  # only a complete array ever carries the key
-            if self.directory is None:
+            mapped = np.load(final_features, mmap_mode="r")
+            if self.directory is None:  # spilled past memory_limit: keep the mapping, not the rows
                 log.info("Features (%.1f GB) are memory-mapped from %s", nbytes / 1e9, final_features)
-            return CachedArrays(np.load(final_features, mmap_mode="r"), label_array, hit=False)
+                self._memory[key] = (mapped, label_array)
+            return CachedArrays(mapped, label_array, hit=False)
         self._memory[key] = (features, label_array)
         return CachedArrays(features, label_array, hit=False)
 

@@ -1,7 +1,7 @@
 """Hyperparameter search with keras-tuner over the head and, optionally, the fine-tune depth.
 
-Every trial is a :class:`~transferkit.finetuner.FineTuner` run, so a trial trains exactly what
-``transferkit train`` would. The trials share one :class:`~transferkit.features.FeatureCache`:
+Every trial is a :class:`~transferkit.FineTuner` run, so a trial trains exactly what
+``transferkit train`` would. The trials share one :class:`~transferkit.FeatureCache`:
 head-only trials extract the backbone's features once for the whole search and then train only
 the head. Two-phase trials fine-tune the top blocks too; keras-tuner cannot compile and fit one
 trial's model twice on its own (keras-tuner#629), hence the custom ``run_trial``.
@@ -20,20 +20,27 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 
-from transferkit.backbones.registry import BackboneSpec, get_backbone
-from transferkit.backbones.weights import WeightsArg
-from transferkit.data import ImageData
-from transferkit.errors import MissingDependencyError, check_choice
-from transferkit.features import FeatureCache
-from transferkit.finetuner import FINE_TUNE_PHASE, HEAD_PHASE, FineTuner
-from transferkit.freezing import UnfreezeTop
-from transferkit.heads import Head
+from transferkit._errors import MissingDependencyError, check_choice
+from transferkit._features import FeatureCache
+from transferkit._finetuner import FineTuner
+from transferkit._freezing import UnfreezeTop
+from transferkit._heads import Head
+from transferkit._phases import FINE_TUNE_PHASE, HEAD_PHASE
+from transferkit._types import PathLike, Weights
+from transferkit.backbones._registry import BackboneSpec, get_backbone
+from transferkit.data._loaders import ImageData
+
+if TYPE_CHECKING:
+    import keras_tuner
 
 TUNERS = ("random", "bayesian", "hyperband")
+MAX_TRIALS = 20
+EPOCHS = 10
+FINE_TUNE_EPOCHS = 3
 
 
 def _keras_tuner() -> Any:
@@ -44,7 +51,7 @@ def _keras_tuner() -> Any:
     return keras_tuner
 
 
-def search_space(*, fine_tune: bool = False) -> Any:
+def search_space(*, fine_tune: bool = False) -> keras_tuner.HyperParameters:
     """The hyperparameters searched: head size, dropout, learning rate (and fine-tune depth and rate)."""
     kt = _keras_tuner()
     hp = kt.HyperParameters()
@@ -57,20 +64,29 @@ def search_space(*, fine_tune: bool = False) -> Any:
     return hp
 
 
-def tuner_for_trial(values: dict[str, Any], backbone: str | BackboneSpec, *, weights: WeightsArg, epochs: int,
-                    fine_tune_epochs: int, seed: int, cache: FeatureCache | bool) -> FineTuner:
-    """The FineTuner a trial with these hyperparameter ``values`` trains."""
-    units = int(values.get("units", 0))
-    head = Head(hidden_units=(units,) if units else (), dropout=float(values.get("dropout", 0.2)))
-    head_phase = dataclasses.replace(HEAD_PHASE, epochs=int(values.get("tuner/epochs", epochs)),
-                                     learning_rate=float(values.get("learning_rate", HEAD_PHASE.learning_rate)))
-    fine = None
-    if "fine_tune_blocks" in values and fine_tune_epochs:
-        fine = dataclasses.replace(FINE_TUNE_PHASE, epochs=fine_tune_epochs,
-                                   policy=UnfreezeTop(int(values["fine_tune_blocks"])),
-                                   learning_rate=float(values["fine_tune_learning_rate"]))
-    return FineTuner(backbone, weights=weights, head=head, head_phase=head_phase, fine_tune_phase=fine, seed=seed,
-                     cache=cache)
+@dataclass(frozen=True, kw_only=True)
+class TrialSettings:
+    """What every trial of one search shares: the backbone, its weights, the epochs and the seed."""
+
+    backbone: BackboneSpec
+    weights: Weights
+    epochs: int
+    fine_tune_epochs: int
+    seed: int
+
+    def tuner(self, values: dict[str, Any], *, cache: FeatureCache | bool) -> FineTuner:
+        """The FineTuner a trial with these hyperparameter ``values`` trains."""
+        units = int(values.get("units", 0))
+        head = Head(hidden_units=(units,) if units else (), dropout=float(values.get("dropout", 0.2)))
+        head_phase = dataclasses.replace(HEAD_PHASE, epochs=int(values.get("tuner/epochs", self.epochs)),
+                                         learning_rate=float(values.get("learning_rate", HEAD_PHASE.learning_rate)))
+        fine = None
+        if "fine_tune_blocks" in values and self.fine_tune_epochs:
+            fine = dataclasses.replace(FINE_TUNE_PHASE, epochs=self.fine_tune_epochs,
+                                       policy=UnfreezeTop(int(values["fine_tune_blocks"])),
+                                       learning_rate=float(values["fine_tune_learning_rate"]))
+        return FineTuner(self.backbone, weights=self.weights, head=head, head_phase=head_phase, fine_tune_phase=fine,
+                         seed=self.seed, cache=cache)
 
 
 def _tuner_class(kind: str) -> type:
@@ -80,22 +96,19 @@ def _tuner_class(kind: str) -> type:
     class TransferTuner(base):  # type: ignore[misc, valid-type]
         """Runs each trial as a FineTuner (one or two phases) on shared cached features."""
 
-        def __init__(self, *, data: ImageData, backbone: Any, weights: WeightsArg, epochs: int,
-                     fine_tune_epochs: int, trial_seed: int, cache: FeatureCache, **kwargs: Any) -> None:
+        def __init__(self, *, data: ImageData, settings: TrialSettings, cache: FeatureCache, **kwargs: Any) -> None:
             super().__init__(**kwargs)
-            self._data, self._backbone, self._weights = data, backbone, weights
-            self._epochs, self._fine_tune_epochs, self._seed, self._cache = epochs, fine_tune_epochs, trial_seed, cache
+            self._data, self._settings, self._cache = data, settings, cache
             self._times_file = Path(self.project_dir) / "trial_seconds.json"
             self.trial_seconds: dict[str, float] = (
                 json.loads(self._times_file.read_text()) if self._times_file.is_file() else {})
 
-        def run_trial(self, trial: Any, *args: Any, **kwargs: Any) -> dict[str, float]:
+        def run_trial(self, trial: keras_tuner.engine.trial.Trial, *args: object, **kwargs: object
+                      ) -> dict[str, float]:
             start = time.perf_counter()
-            tuner = tuner_for_trial(trial.hyperparameters.values, self._backbone, weights=self._weights,
-                                    epochs=self._epochs, fine_tune_epochs=self._fine_tune_epochs, seed=self._seed,
-                                    cache=self._cache)
+            tuner = self._settings.tuner(trial.hyperparameters.values, cache=self._cache)
             tuner.fit(self._data, verbose=0)
-            score = tuner.evaluate(self._data.validation).accuracy
+            score = tuner.evaluate(self._data).accuracy
             keras.backend.clear_session()  # each trial builds a new model: free the last one
             self.trial_seconds[trial.trial_id] = time.perf_counter() - start
             self._times_file.write_text(json.dumps(self.trial_seconds))
@@ -113,14 +126,20 @@ class SearchResult:
         best_values: Hyperparameter values of the best trial.
         best_score: Its validation accuracy.
         directory: keras-tuner's project folder (run the search again on it to resume).
+        settings: What every trial shared (backbone, weights, epochs, seed).
     """
 
     rows: list[dict[str, Any]]
     best_values: dict[str, Any]
     best_score: float
     directory: Path
+    settings: TrialSettings
 
-    def write_csv(self, path: str | Path) -> Path:
+    def best_tuner(self, *, cache: FeatureCache | bool = True) -> FineTuner:
+        """A new, untrained FineTuner with the best trial's configuration (call ``fit`` on it)."""
+        return self.settings.tuner(self.best_values, cache=cache)
+
+    def write_csv(self, path: PathLike) -> Path:
         out = Path(path)
         columns = sorted({k for row in self.rows for k in row}, key=lambda c: (c != "trial", c))
         with open(out, "w", newline="") as f:
@@ -143,13 +162,13 @@ def search(
     data: ImageData,
     backbone: str | BackboneSpec,
     *,
-    weights: WeightsArg,
-    max_trials: int = 20,
+    weights: Weights,
+    max_trials: int = MAX_TRIALS,
     tuner: str = "random",
-    epochs: int = 10,
+    epochs: int = EPOCHS,
     fine_tune: bool = False,
-    fine_tune_epochs: int = 3,
-    directory: str | Path = "transferkit-search",
+    fine_tune_epochs: int = FINE_TUNE_EPOCHS,
+    directory: PathLike = "transferkit-search",
     overwrite: bool = False,
     seed: int = 0,
     cache: FeatureCache | None = None,
@@ -173,9 +192,10 @@ def search(
     spec = get_backbone(backbone)
     cls = _tuner_class(tuner)
     budget = {"max_epochs": epochs, "hyperband_iterations": 1} if tuner == "hyperband" else {"max_trials": max_trials}
+    settings = TrialSettings(backbone=spec, weights=weights, epochs=epochs,
+                             fine_tune_epochs=fine_tune_epochs if fine_tune else 0, seed=seed)
     runner = cls(
-        data=data, backbone=spec, weights=weights, epochs=epochs,
-        fine_tune_epochs=fine_tune_epochs if fine_tune else 0, trial_seed=seed, cache=cache or FeatureCache(),
+        data=data, settings=settings, cache=cache or FeatureCache(),
         hyperparameters=search_space(fine_tune=fine_tune), objective=kt.Objective("val_accuracy", "max"),
         directory=str(directory), project_name=spec.name.replace(":", "_").replace("/", "_"),
         overwrite=overwrite, seed=seed, **budget,
@@ -190,4 +210,4 @@ def search(
                      "seconds": float(runner.trial_seconds.get(trial.trial_id, float("nan")))})
     best = runner.oracle.get_best_trials(1)[0]
     return SearchResult(rows=rows, best_values=dict(best.hyperparameters.values), best_score=float(best.score),
-                        directory=Path(runner.project_dir))
+                        directory=Path(runner.project_dir), settings=settings)

@@ -1,0 +1,127 @@
+"""Where a phase can train on cached features, and the cached datasets it then trains on.
+
+A phase trains on cached features only where the result is the same as running the frozen
+layers every epoch (or, with ``augment_views``, where the user asked for fixed augmented views):
+
+* head phase (whole backbone frozen): cache the backbone's output, train the head;
+* fine-tune phase: cache the activations at the freeze boundary (see
+  :func:`~transferkit._features.split_at_boundary`), train the unfrozen blocks and the head.
+
+Never with augmented images (they differ every epoch), random layers below the cut, or callbacks
+that save the model (they would save the part above the cache, not the whole model).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from transferkit._features import (
+    FeatureCache,
+    cache_key,
+    feature_dataset,
+    files_digest,
+    has_random_layers,
+    split_at_boundary,
+    weights_digest,
+)
+from transferkit._model import model_parts, with_preprocessing
+from transferkit._types import Callbacks
+from transferkit.data._loaders import ImageData
+
+log = logging.getLogger("transferkit")
+
+_SAVING_CALLBACKS = (keras.callbacks.ModelCheckpoint, keras.callbacks.BackupAndRestore)
+
+
+@dataclass(frozen=True)
+class CachePlan:
+    """How one phase trains on cached features.
+
+    Attributes:
+        extractor: Raw images → the cached tensor (the frozen part, run once).
+        trainable: The cached tensor → the model's output (what the phase fits).
+        where: What is cached, for the log line.
+        views: Augmented views per training image (0: the images as they are).
+    """
+
+    extractor: keras.Model
+    trainable: keras.Model
+    where: str
+    views: int = 0
+
+
+def plan_cache(model: keras.Model, data: ImageData | None, cache: FeatureCache | None, *, augment_views: int,
+               callbacks: Callbacks) -> CachePlan | None:
+    """The plan for training ``model`` (its freezing already applied) on ``data``, or ``None``."""
+    if cache is None or data is None or data.train_ordered is None:
+        return None
+    views = 0
+    if data.settings.augment is not None:
+        if not augment_views:
+            return None  # augmented images differ every epoch: cached features would not
+        views = augment_views  # asked for: K fixed augmented views stand in for fresh ones
+    if any(isinstance(c, _SAVING_CALLBACKS) for c in callbacks):
+        return None
+    parts = model_parts(model)
+    if parts.head is None:  # a model saved before heads were nested: train it whole
+        return None
+    net, mode = parts.backbone, parts.preprocessor.mode
+    if not any(layer.trainable and layer.weights for layer in net.layers):
+        if has_random_layers(net):
+            return None
+        where = f"backbone output, {views} augmented views per image" if views else "backbone output"
+        return CachePlan(with_preprocessing(net, mode, name="extractor"), parts.head, where, views)
+    if views:
+        return None  # views stand in for augmentation in the head phase only
+    split = split_at_boundary(net)
+    if split is None:
+        return None
+    bottom, top = split
+    cut = keras.Input(bottom.output_shape[1:], name="activations")
+    tail = keras.Model(cut, parts.head(top(cut)), name="tail")
+    where = f"activations at the freeze boundary, {bottom.output_shape[1:]} per image"
+    return CachePlan(with_preprocessing(bottom, mode, name="extractor"), tail, where)
+
+
+def cached_datasets(plan: CachePlan, data: ImageData, cache: FeatureCache, *, progress: bool
+                    ) -> tuple[tf.data.Dataset, tf.data.Dataset | None, bool]:
+    """Training and validation batches of cached features (extracted now on a miss), and whether
+    the training features came from the cache."""
+    settings = data.settings
+    model_key = weights_digest(plan.extractor)
+
+    def key(split: str) -> str:
+        files = data.train_files if split == "train" else data.validation_files
+        source = files_digest(files.paths, files.labels) if files is not None else f"arrays:{id(data)}"
+        return cache_key(model=model_key, source=source, split=split, size=settings.image_size,
+                         resize=settings.resize, background=settings.background)
+
+    ordered = data.train_ordered
+    if ordered is None:
+        raise ValueError("plan_cache() returns a plan only for data with an ordered training split.")
+    if plan.views:
+        augment = settings.augment
+
+        def augmented() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            for k in range(plan.views):
+                layers = augment.layers(seed=settings.seed + k)
+                for images, labels in ordered:
+                    yield layers(images, training=True), labels
+
+        train = cache.compute(cache_key(base=key("train"), views=plan.views, augment=repr(augment)),
+                              plan.extractor, augmented(), plan.views * data.num_train, progress=progress)
+    else:
+        train = cache.compute(key("train"), plan.extractor, ordered, data.num_train, progress=progress)
+    train_ds = feature_dataset(train, batch_size=settings.batch_size, shuffle=True, seed=settings.seed)
+    val_ds = None
+    if data.validation is not None:
+        val = cache.compute(key("validation"), plan.extractor, data.validation, data.num_validation,
+                            progress=progress)
+        val_ds = feature_dataset(val, batch_size=settings.batch_size, shuffle=False, seed=settings.seed)
+    return train_ds, val_ds, train.hit

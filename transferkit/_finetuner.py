@@ -1,0 +1,370 @@
+"""The ``FineTuner`` facade: the two-phase transfer-learning recipe, evaluation, prediction, saving.
+
+Each phase is a public method (:meth:`FineTuner.train_head`, :meth:`FineTuner.fine_tune`);
+:meth:`FineTuner.fit` runs one after the other. The work lives in the modules that own it:
+phases and schedules in ``_phases``, freezing in ``_freezing``, the model's parts in ``_model``,
+cached training in ``_cache_plan``, inputs in ``_inference``, metrics in ``_metrics`` and the
+on-disk format in ``_saving``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from transferkit._cache_plan import cached_datasets, plan_cache
+from transferkit._errors import ConfigError, DataError, NotFittedError, check_choice
+from transferkit._features import FeatureCache
+from transferkit._heads import Head
+from transferkit._inference import (
+    evaluation_batches,
+    labelled_batches,
+    outputs_and_labels,
+    predict_outputs,
+    prediction_input,
+)
+from transferkit._metrics import Evaluation, Predictions, evaluate_outputs
+from transferkit._model import build_model
+from transferkit._phases import FINE_TUNE_PHASE, HEAD_PHASE, Phase, steps_per_epoch
+from transferkit._saving import RunMetadata, load_run, save_run
+from transferkit._types import Callbacks, Color, EvalData, History, Images, PathLike, TrainData, Verbose, Weights
+from transferkit.backbones._registry import BackboneSpec, get_backbone, list_backbones
+from transferkit.data._images import WHITE
+from transferkit.data._loaders import ImageData, load_folder
+from transferkit.data._pipelines import PipelineSettings
+
+log = logging.getLogger("transferkit")
+
+DEFAULT_BACKBONE = "mobilenet_v2"
+
+
+@dataclass(frozen=True)
+class _Batches:
+    """The batches one phase trains and validates on, and the ImageData behind them (for caching)."""
+
+    train: tf.data.Dataset
+    validation: tf.data.Dataset | None
+    data: ImageData | None
+
+
+class FineTuner:
+    """Fine-tune a pretrained backbone on your images with the proven two-phase recipe.
+
+    1. :meth:`train_head`: the backbone is frozen and only the new head learns (fast, safe).
+    2. :meth:`fine_tune`: the top blocks of the backbone are unfrozen and trained at a lower
+       learning rate with warm-up and cosine decay, BatchNorm kept in inference mode.
+
+    Args:
+        backbone: Registry name (see ``transferkit backbones``) or a :class:`BackboneSpec`.
+        weights: ``"imagenet"``, ``None`` (random) or a path to a weights file. Required, so
+            that nothing is downloaded behind a default and a random network is never a surprise.
+        num_classes: Number of classes; taken from the data when omitted.
+        class_names: Names of the classes; taken from the data when omitted.
+        head: The head to put on the backbone (``Head()`` by default).
+        image_size: Input size; taken from the data, else the backbone's default.
+        head_phase: Settings of phase 1 (default ``HEAD_PHASE``: 5 epochs at 1e-3).
+        fine_tune_phase: Settings of phase 2 (default ``FINE_TUNE_PHASE``: 5 epochs at 1e-4,
+            top 2 blocks, cosine with 1 warm-up epoch). ``None`` skips fine-tuning in :meth:`fit`.
+        class_weight: ``None``, ``"balanced"`` (weights from the training split) or a dict.
+        seed: Seeds Python, NumPy and TensorFlow for repeatable runs.
+        cache: Train on cached features wherever that gives the same result as running the
+            frozen layers every epoch (ImageData without augmentation; see docs/speed.md).
+            ``True``: in memory; a folder path or :class:`FeatureCache`: on disk, reused across
+            runs; ``False``: never.
+        augment_views: With augmented data, cache this many augmented views of each image for
+            the head phase instead of augmenting afresh every epoch (0, the default, leaves
+            augmented data uncached). Faster, but not the same result: see docs/speed.md.
+
+    Example:
+        >>> data = load_folder("photos", image_size=224)
+        >>> tuner = FineTuner("mobilenet_v2", weights="imagenet")
+        >>> tuner.fit(data)
+        >>> tuner.evaluate(data.validation).accuracy
+        >>> tuner.save("run/")
+    """
+
+    def __init__(
+        self,
+        backbone: str | BackboneSpec = DEFAULT_BACKBONE,
+        *,
+        weights: Weights,
+        num_classes: int | None = None,
+        class_names: Sequence[str] | None = None,
+        head: Head | None = None,
+        image_size: int | None = None,
+        head_phase: Phase = HEAD_PHASE,
+        fine_tune_phase: Phase | None = FINE_TUNE_PHASE,
+        class_weight: str | dict[int, float] | None = None,
+        seed: int | None = None,
+        cache: bool | PathLike | FeatureCache = True,
+        augment_views: int = 0,
+    ) -> None:
+        self.spec = get_backbone(backbone)
+        self.weights = weights
+        if image_size is not None:
+            self.spec.check_size(image_size)
+        self.image_size = image_size
+        self.head = head
+        if class_names is not None and num_classes is not None and len(class_names) != num_classes:
+            raise ConfigError(f"num_classes={num_classes} but {len(class_names)} class_names were given.")
+        self.class_names: tuple[str, ...] | None = tuple(class_names) if class_names is not None else None
+        self.num_classes = num_classes if num_classes is not None else (
+            len(self.class_names) if self.class_names else None)
+        self.head_phase = head_phase
+        self.fine_tune_phase = fine_tune_phase
+        if isinstance(class_weight, str):
+            check_choice("class_weight", class_weight, ("balanced",))
+        self.class_weight = class_weight
+        self.seed = seed
+        self.resize = "pad"
+        self.background: Color = WHITE
+        self.model: keras.Model | None = None
+        self.history: dict[str, History] = {}
+        self._class_weight_from_data: dict[int, float] | None = None
+        if not isinstance(augment_views, int) or augment_views < 0:
+            raise ConfigError(f"Expected augment_views to be an integer >= 0. Received: {augment_views!r}.")
+        self.augment_views = augment_views
+        if cache is True:
+            self.cache: FeatureCache | None = FeatureCache()
+        elif cache is False or cache is None:
+            self.cache = None
+        else:
+            self.cache = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
+
+    # ------------------------------------------------------------------ model
+
+    def build(self, num_classes: int | None = None) -> keras.Model:
+        """Build the model now (``fit`` does this for you); returns it."""
+        if self.model is not None:
+            return self.model
+        n = num_classes or self.num_classes
+        if n is None:
+            raise ConfigError("The number of classes is unknown: pass num_classes=… or fit on data first.")
+        if self.class_names is None:
+            self.class_names = tuple(str(i) for i in range(n))
+        if len(self.class_names) != n:
+            raise ConfigError(f"num_classes={n} but the model has {len(self.class_names)} class names.")
+        self.num_classes = n
+        if self.seed is not None:
+            keras.utils.set_random_seed(self.seed)
+        self.head = self.head or Head()
+        self.model = build_model(self.spec, num_outputs=n, weights=self.weights, head=self.head,
+                                 image_size=self.image_size)
+        self.image_size = int(self.model.input_shape[1])
+        log.info("Built %s (%s weights) at %d px with %d outputs", self.spec.name,
+                 "random" if self.weights is None else self.weights, self.image_size, n)
+        return self.model
+
+    def _require_model(self) -> keras.Model:
+        if self.model is None:
+            raise NotFittedError("This FineTuner has no model yet: call fit() (or build()) first.")
+        return self.model
+
+    def _require_classes(self) -> tuple[str, ...]:
+        if self.class_names is None:
+            raise NotFittedError("This FineTuner has no classes yet: call fit() (or build()) first.")
+        return self.class_names
+
+    def _head(self) -> Head:
+        return self.head or Head()
+
+    def _image_settings(self) -> PipelineSettings:
+        """How new images are fitted to the model's input, as the training data was."""
+        return PipelineSettings(image_size=int(self._require_model().input_shape[1]), resize=self.resize,
+                                background=self.background)
+
+    # ------------------------------------------------------------------ data
+
+    def _bind(self, train: TrainData, validation: TrainData | None) -> _Batches:
+        """The batches a phase runs on; ImageData also tells the tuner its classes and image settings."""
+        if isinstance(train, (str, os.PathLike)):
+            train = load_folder(train, image_size=self.image_size or self.spec.input_size, seed=self.seed or 0)
+        if isinstance(train, ImageData):
+            self._take_settings_of(train)
+            if validation is None:
+                return _Batches(train.train, train.validation, train)  # features are cached for ImageData only
+            return _Batches(train.train, labelled_batches(validation), None)
+        if isinstance(train, tf.data.Dataset):
+            return _Batches(train, labelled_batches(validation) if validation is not None else None, None)
+        raise DataError(
+            f"Expected training data as ImageData (from load_folder/load_csv/from_arrays), a tf.data.Dataset "
+            f"of (images, labels) batches, or a folder path. Received: {type(train).__name__}."
+        )
+
+    def _take_settings_of(self, data: ImageData) -> None:
+        """Adopt the classes, image size, resize mode, background and class weights of ``data``."""
+        size = data.settings.image_size
+        if self.image_size is not None and size != self.image_size:
+            raise DataError(
+                f"The data was loaded at image_size={size} but this FineTuner uses "
+                f"image_size={self.image_size}. Load the data with image_size={self.image_size}."
+            )
+        if self.class_names is not None and self.model is not None and tuple(data.class_names) != self.class_names:
+            raise DataError(f"The data's classes {list(data.class_names)} differ from the model's "
+                            f"{list(self.class_names)}.")
+        self.class_names = tuple(data.class_names)
+        self.num_classes = len(self.class_names)
+        self.image_size = size
+        self.resize, self.background = data.settings.resize, data.settings.background
+        self._class_weight_from_data = data.class_weight
+        if data.multi_label and self.head is None:
+            self.head = Head(task="multi_label")
+
+    def _resolve_class_weight(self) -> dict[int, float] | None:
+        if isinstance(self.class_weight, dict):
+            return self.class_weight
+        if self.class_weight == "balanced":
+            if self._class_weight_from_data is None:
+                raise ConfigError('class_weight="balanced" needs ImageData (from a loader) to count classes.')
+            return self._class_weight_from_data
+        return None
+
+    # ------------------------------------------------------------------ training
+
+    def _run(self, name: str, phase: Phase, train: TrainData, validation: TrainData | None, callbacks: Callbacks,
+             verbose: Verbose) -> History:
+        batches = self._bind(train, validation)
+        model = self.build()
+        summary = phase.policy.apply(model, self.spec, clamp=True)
+        self._compile(model, phase, batches.train)
+        log.info("Phase %s: %d epochs, lr %g (%s), %s: %d of %d backbone parameters train", name, phase.epochs,
+                 phase.learning_rate, phase.schedule, phase.policy, summary.trainable_params, summary.total_params)
+        if phase.epochs == 0:
+            return {}
+        trained, train_ds, val_ds = model, batches.train, batches.validation
+        plan = plan_cache(model, batches.data, self.cache, augment_views=self.augment_views, callbacks=callbacks)
+        if plan is not None and batches.data is not None and self.cache is not None:
+            train_ds, val_ds, hit = cached_datasets(plan, batches.data, self.cache, progress=verbose not in (0, False))
+            trained = plan.trainable
+            self._compile(trained, phase, train_ds)
+            log.info("Phase %s trains on cached features (%s): the frozen layers below run once, not every "
+                     "epoch. FineTuner(cache=False) turns this off.", name, plan.where)
+            log.info("Features for phase %s: %s", name, "from the cache" if hit else "computed and cached")
+        done = sum(len(next(iter(h.values()), [])) for h in self.history.values())
+        result = trained.fit(train_ds, validation_data=val_ds, epochs=done + phase.epochs, initial_epoch=done,
+                             callbacks=list(callbacks), class_weight=self._resolve_class_weight(), verbose=verbose,
+                             shuffle=False)  # the pipeline shuffles itself
+        self.history[name] = {k: [float(v) for v in values] for k, values in result.history.items()}
+        return self.history[name]
+
+    def _compile(self, model: keras.Model, phase: Phase, train: tf.data.Dataset) -> None:
+        head = self._head()
+        model.compile(optimizer=phase.make_optimizer(steps_per_epoch(train)), loss=head.loss(),
+                      metrics=head.metrics())
+
+    def train_head(self, train: TrainData, validation: TrainData | None = None, *, phase: Phase | None = None,
+                   callbacks: Callbacks = (), verbose: Verbose = "auto") -> History:
+        """Phase 1: train the head with the backbone frozen.
+
+        Args:
+            train: ``ImageData``, a ``tf.data.Dataset`` of ``(images, labels)`` batches, or a folder.
+            validation: Validation batches (``ImageData.validation`` is used when omitted).
+            phase: Overrides ``self.head_phase`` for this call.
+            callbacks: Keras callbacks, passed to ``model.fit``.
+            verbose: Keras' ``verbose``.
+
+        Returns:
+            The Keras history of this phase (``{"loss": [...], "val_accuracy": [...], …}``).
+        """
+        return self._run("head", phase or self.head_phase, train, validation, callbacks, verbose)
+
+    def fine_tune(self, train: TrainData, validation: TrainData | None = None, *, phase: Phase | None = None,
+                  callbacks: Callbacks = (), verbose: Verbose = "auto") -> History:
+        """Phase 2: unfreeze the top of the backbone and train it at a low learning rate."""
+        chosen = phase or self.fine_tune_phase
+        if chosen is None:
+            raise ConfigError("fine_tune_phase is None: pass phase=Phase(...) to fine_tune().")
+        return self._run("fine_tune", chosen, train, validation, callbacks, verbose)
+
+    def fit(self, train: TrainData, validation: TrainData | None = None, *, callbacks: Callbacks = (),
+            verbose: Verbose = "auto") -> dict[str, History]:
+        """Run :meth:`train_head`, then :meth:`fine_tune` (unless ``fine_tune_phase`` is None).
+
+        Returns:
+            ``{"head": history, "fine_tune": history}``.
+        """
+        self.train_head(train, validation, callbacks=callbacks, verbose=verbose)
+        if self.fine_tune_phase is not None and self.fine_tune_phase.epochs:
+            self.fine_tune(train, validation, callbacks=callbacks, verbose=verbose)
+        return self.history
+
+    # ------------------------------------------------------------------ inference
+
+    def evaluate(self, data: EvalData) -> Evaluation:
+        """Accuracy, loss, per-class precision/recall/F1 and the confusion matrix on ``data``.
+
+        Args:
+            data: ``ImageData`` (its validation split), a ``tf.data.Dataset`` of
+                ``(images, labels)`` batches, or a class folder with the model's classes.
+        """
+        model, classes, head = self._require_model(), self._require_classes(), self._head()
+        batches = evaluation_batches(data, class_names=classes, settings=self._image_settings())
+        outputs, labels = outputs_and_labels(model, batches)
+        return evaluate_outputs(outputs, labels, task=head.task, loss=head.loss(), class_names=classes)
+
+    def predict(self, images: Images, *, batch_size: int = 32) -> Predictions:
+        """Class probabilities for image files, a folder of images, arrays or a dataset.
+
+        Args:
+            images: A path (file or folder), a list of paths, an array ``(n, h, w, 3)`` or
+                ``(h, w, 3)`` of raw 0–255 pixels, or a ``tf.data.Dataset`` of image batches.
+            batch_size: Images per forward pass.
+        """
+        model, classes = self._require_model(), self._require_classes()
+        prepared = prediction_input(images, settings=self._image_settings())
+        return Predictions(predict_outputs(model, prepared, batch_size=batch_size), classes, prepared.paths)
+
+    def write_report(self, data: ImageData, out: PathLike) -> dict[str, object]:
+        """Evaluate on ``data``'s validation split and write metrics.json, labels.txt and the PNGs.
+
+        See :func:`transferkit.report.write_report` for what is written. Returns the metrics.
+        """
+        from transferkit.report import write_report  # matplotlib is imported only for reports
+
+        files = data.validation_files
+        return write_report(
+            out, class_names=self._require_classes(), history=self.history,
+            evaluation=self.evaluate(data) if data.validation is not None else None,
+            examples=self.predict(list(files.paths)) if files is not None and len(files) else None,
+            truth=files.labels if files is not None else None, image_settings=self._image_settings(),
+            skipped=data.skipped,
+        )
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, directory: PathLike) -> Path:
+        """Write ``model.keras`` and ``transferkit.json`` (classes, settings, history) to ``directory``."""
+        model = self._require_model()
+        meta = RunMetadata(
+            backbone=self.spec.name, hub_handle=self.spec.handle,
+            weights=None if self.weights is None else str(self.weights), image_size=int(model.input_shape[1]),
+            class_names=self._require_classes(), head=self._head().to_config(), resize=self.resize,
+            background=self.background, history=self.history,
+        )
+        return save_run(directory, model, meta)
+
+    @classmethod
+    def load(cls, directory: PathLike, *, safe_mode: bool = True) -> FineTuner:
+        """Load a FineTuner written by :meth:`save`; predictions are identical.
+
+        Args:
+            directory: The folder :meth:`save` wrote.
+            safe_mode: Passed to ``keras.saving.load_model``. Models holding a TensorFlow Hub
+                module need ``safe_mode=False`` (loading runs the module's SavedModel graph).
+        """
+        model, meta = load_run(directory, safe_mode=safe_mode)
+        backbone = meta.backbone
+        if meta.hub_handle and backbone not in list_backbones(family="hub"):
+            backbone = meta.hub_handle  # an unregistered Hub module: resolve its handle again
+        tuner = cls(backbone, weights=meta.weights, class_names=meta.class_names,
+                    head=Head.from_config(meta.head), image_size=meta.image_size)
+        tuner.model = model
+        tuner.resize, tuner.background, tuner.history = meta.resize, meta.background, meta.history
+        return tuner
+

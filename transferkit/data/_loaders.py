@@ -1,0 +1,187 @@
+"""The loaders: folders, CSV files and arrays in, :class:`ImageData` (both pipelines) out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import tensorflow as tf
+
+from transferkit._errors import ConfigError, DataError
+from transferkit._types import PathLike
+from transferkit.data._images import as_image_batch
+from transferkit.data._pipelines import (
+    PipelineOptions,
+    PipelineSettings,
+    array_pipeline,
+    file_pipeline,
+    pipeline_settings,
+)
+from transferkit.data._sources import ImageFiles, read_csv, scan_folder
+from transferkit.data._splits import class_weights, stratified_split
+
+if TYPE_CHECKING:
+    import pandas
+    from typing_extensions import Unpack
+
+
+@dataclass
+class ImageData:
+    """Train and validation pipelines plus what a model needs to know about them.
+
+    Attributes:
+        train: Training batches ``(images, labels)``, shuffled (and augmented if asked).
+        validation: Validation batches in a fixed order, or ``None``.
+        class_names: Name of each class index.
+        settings: How the pipelines were made (image size, batch size, resize mode,
+            background, augmentation, seed); a model predicts later images the same way.
+        class_weight: Balanced weights per class index of the training split (single-label).
+        train_files, validation_files: The files behind each split (``None`` for arrays).
+        skipped: ``(path, reason)`` of files left out as unusable.
+        multi_label: Labels are multi-hot rows rather than class indices.
+        num_train, num_validation: Images in each split.
+        train_ordered: The training split in a fixed order without augmentation (for feature
+            extraction).
+    """
+
+    train: tf.data.Dataset
+    validation: tf.data.Dataset | None
+    class_names: tuple[str, ...]
+    settings: PipelineSettings
+    class_weight: dict[int, float] | None = None
+    train_files: ImageFiles | None = None
+    validation_files: ImageFiles | None = None
+    skipped: tuple[tuple[str, str], ...] = ()
+    multi_label: bool = False
+    num_train: int = 0
+    num_validation: int = 0
+    train_ordered: tf.data.Dataset | None = None
+
+
+def _from_files(files: ImageFiles, settings: PipelineSettings, validation_files: ImageFiles | None) -> ImageData:
+    if validation_files is None:
+        train_idx, val_idx = stratified_split(files.labels, validation_fraction=settings.validation_split,
+                                              seed=settings.seed)
+        train_files, val_files = files.subset(train_idx), (files.subset(val_idx) if len(val_idx) else None)
+    else:
+        train_files, val_files = files, validation_files
+    return ImageData(
+        train=file_pipeline(train_files, settings, training=True),
+        validation=file_pipeline(val_files, settings) if val_files is not None else None,
+        class_names=files.class_names,
+        settings=settings,
+        class_weight=None if files.multi_label else class_weights(train_files.labels, len(files.class_names)),
+        train_files=train_files,
+        validation_files=val_files,
+        skipped=files.skipped,
+        multi_label=files.multi_label,
+        num_train=len(train_files),
+        num_validation=len(val_files) if val_files is not None else 0,
+        train_ordered=file_pipeline(train_files, settings, cache=False),
+    )
+
+
+def from_files(files: ImageFiles, *, validation_files: ImageFiles | None = None,
+               **options: Unpack[PipelineOptions]) -> ImageData:
+    """Split ``files`` (stratified, seeded) and build both pipelines.
+
+    Args:
+        files: Images and labels, from :func:`scan_folder` or :func:`read_csv`.
+        validation_files: A fixed validation set to use instead of a split.
+        **options: Any :class:`PipelineSettings` field (``image_size``, ``batch_size``,
+            ``validation_split``, ``seed``, ``resize``, ``background``, ``augment``).
+    """
+    return _from_files(files, pipeline_settings(dict(options), where="from_files"), validation_files)
+
+
+def load_folder(directory: PathLike, *, strict: bool = False, progress: bool = False,
+                **options: Unpack[PipelineOptions]) -> ImageData:
+    """Load ``DIR/<class>/<images>`` into train and validation pipelines.
+
+    Args:
+        directory: A folder of class sub-folders (see :func:`scan_folder` for the rules).
+        strict: Raise instead of skipping files that cannot be used as images.
+        progress: Show a progress bar while every image is checked.
+        **options: Any :class:`PipelineSettings` field (``image_size``, ``batch_size``,
+            ``validation_split``, ``seed``, ``resize``, ``background``, ``augment``).
+
+    Example:
+        >>> data = load_folder("flower_photos", image_size=224, augment=Augment())
+        >>> data.class_names
+        ('daisy', 'dandelion', 'roses', 'sunflowers', 'tulips')
+    """
+    settings = pipeline_settings(dict(options), where="load_folder")
+    return _from_files(scan_folder(directory, strict=strict, progress=progress), settings, None)
+
+
+def load_csv(
+    table: PathLike | pandas.DataFrame,
+    *,
+    path_column: str = "path",
+    label_column: str = "label",
+    root: PathLike | None = None,
+    multi_label: bool = False,
+    label_separator: str = " ",
+    strict: bool = False,
+    **options: Unpack[PipelineOptions],
+) -> ImageData:
+    """Load images listed in a CSV file or DataFrame (see :func:`read_csv` for the columns).
+
+    ``**options`` are :class:`PipelineSettings` fields, as for :func:`load_folder`.
+    """
+    settings = pipeline_settings(dict(options), where="load_csv")
+    files = read_csv(table, path_column=path_column, label_column=label_column, root=root,
+                     multi_label=multi_label, label_separator=label_separator, strict=strict)
+    return _from_files(files, settings, None)
+
+
+def from_arrays(
+    images: np.ndarray,
+    labels: Sequence[int | str] | np.ndarray,
+    *,
+    class_names: Sequence[str] | None = None,
+    **options: Unpack[PipelineOptions],
+) -> ImageData:
+    """Build pipelines from numpy arrays of pixels in [0, 255].
+
+    Grayscale images are repeated to RGB, RGBA is composited onto ``background``, and images
+    are resized (stretched) to ``image_size``. ``labels`` are class indices or class names.
+    ``**options`` are :class:`PipelineSettings` fields, as for :func:`load_folder`
+    (``resize`` can only be ``"stretch"`` here).
+
+    Example:
+        >>> data = from_arrays(x_train, y_train, class_names=names, image_size=96)
+    """
+    settings = pipeline_settings({"resize": "stretch", **options}, where="from_arrays")
+    if settings.resize != "stretch":
+        raise ConfigError(f"from_arrays() stretches arrays to image_size. Received: resize={settings.resize!r}; "
+                          "resize the arrays yourself first, or leave resize out.")
+    array = as_image_batch(images, channels=(1, 3, 4))
+    raw = np.asarray(labels)
+    if len(raw) != len(array):
+        raise DataError(f"Got {len(array)} images but {len(raw)} labels; they must match one to one.")
+    if raw.dtype.kind in "OUS":
+        names = tuple(sorted({str(v) for v in raw}))
+        index = {n: i for i, n in enumerate(names)}
+        y = np.asarray([index[str(v)] for v in raw], dtype=np.int64)
+        class_names = class_names or names
+    else:
+        y = raw.astype(np.int64)
+        class_names = tuple(class_names) if class_names is not None else tuple(str(i) for i in range(int(y.max()) + 1))
+    if y.min() < 0 or y.max() >= len(class_names):
+        raise DataError(f"Labels must lie in [0, {len(class_names) - 1}] for {len(class_names)} class names.")
+    if len(class_names) < 2:
+        raise DataError("A classifier needs at least two classes; the labels hold one.")
+    train_idx, val_idx = stratified_split(y, validation_fraction=settings.validation_split, seed=settings.seed)
+    return ImageData(
+        train=array_pipeline(array[train_idx], y[train_idx], settings, training=True),
+        validation=array_pipeline(array[val_idx], y[val_idx], settings) if len(val_idx) else None,
+        class_names=tuple(class_names),
+        settings=settings,
+        class_weight=class_weights(y[train_idx], len(class_names)),
+        num_train=len(train_idx),
+        num_validation=len(val_idx),
+        train_ordered=array_pipeline(array[train_idx], y[train_idx], settings),
+    )

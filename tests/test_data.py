@@ -10,7 +10,7 @@ from conftest import write_bad_files, write_image_folder
 from PIL import Image
 
 import transferkit as tk
-from transferkit.data import class_weights, find_images, load_image, read_image, resize_image
+from transferkit.data import class_weights, find_images, load_image, make_dataset, read_image, resize_image
 
 
 def _only(path, image):
@@ -184,6 +184,27 @@ def test_augment_validates_options():
         tk.Augment(flip="diagonal")
     with pytest.raises(tk.ConfigError, match="rotation"):
         tk.Augment(rotation=2.0)
+
+
+def test_loader_options_match_the_settings_fields():
+    import dataclasses
+
+    from transferkit.data._pipelines import PipelineOptions
+
+    assert set(PipelineOptions.__annotations__) == {f.name for f in dataclasses.fields(tk.PipelineSettings)}
+
+
+def test_pipeline_options_keep_what_worked_before(image_folder):
+    files = tk.scan_folder(image_folder)
+    data = tk.from_files(files, image_size=16, cache=False, seed=None, background=(255.0, 255.0, 255.0))
+    assert data.settings.background == (255, 255, 255) and data.settings.seed is None
+    assert data.num_train + data.num_validation == 36
+    with pytest.raises(TypeError, match="image_size"):
+        make_dataset(files)  # the size of a pipeline is never guessed
+    with pytest.raises(tk.ConfigError, match="does not split"):
+        make_dataset(files, image_size=16, validation_split=0.2)
+    batches = make_dataset(files, image_size=16, batch_size=36)
+    assert next(iter(batches))[0].shape == (36, 16, 16, 3)
 
 
 def test_loader_options_are_one_settings_object(image_folder):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -116,6 +119,14 @@ def test_mismatched_sizes_and_bad_options_are_clear(image_folder):
         tk.FineTuner("tiny_cn", weights=None)
 
 
+def _multi_label_data(root, csv_path):
+    """Two tags per image from the colour folders: warm/cool and bright/dark."""
+    rows = ["path,label"] + [f"{p},{'warm' if 'red' in p else 'cool'} {'bright' if 'green' in p else 'dark'}"
+                             for p in tk.scan_folder(root).paths]
+    csv_path.write_text("\n".join(rows))
+    return tk.load_csv(csv_path, multi_label=True, image_size=32, batch_size=8)
+
+
 def test_balanced_class_weights_and_multi_label(tmp_path):
     root = write_image_folder(tmp_path / "data", per_class=8)
     data = tk.load_folder(root, image_size=32, batch_size=8)
@@ -123,16 +134,46 @@ def test_balanced_class_weights_and_multi_label(tmp_path):
     tuner.fit(data, verbose=0)
     assert list(tuner.history) == ["head"]
 
-    files = tk.scan_folder(root)
-    csv_rows = ["path,label"] + [f"{p},{'warm' if 'red' in p else 'cool'} {'bright' if 'green' in p else 'dark'}"
-                                 for p in files.paths]
-    (tmp_path / "multi.csv").write_text("\n".join(csv_rows))
-    multi = tk.load_csv(tmp_path / "multi.csv", multi_label=True, image_size=32, batch_size=8)
+    multi = _multi_label_data(root, tmp_path / "multi.csv")
     tagger = _tuner(fine_tune_phase=None)
     tagger.fit(multi, verbose=0)
     assert tagger.head.task == "multi_label"
     result = tagger.evaluate(multi)
     assert result.confusion_matrix is None and len(result.f1) == 4
+
+
+FORMAT_1_RUN = Path(__file__).parent / "data" / "format1_run"
+
+
+def test_a_run_saved_in_format_1_loads_predicts_and_trains_on(tmp_path, image_folder, caplog):
+    """tests/data/format1_run was written by transferkit before heads were nested (format 1), with
+    the probabilities it gave for seeded random pixels."""
+    loaded = tk.FineTuner.load(FORMAT_1_RUN)
+    pixels = np.random.default_rng(7).uniform(0, 255, (6, 32, 32, 3)).astype("float32")
+    expected = np.load(FORMAT_1_RUN / "expected_probabilities.npy")
+    np.testing.assert_allclose(loaded.predict(pixels).probabilities, expected, rtol=1e-5, atol=1e-6)
+    assert loaded.evaluate(image_folder).confusion_matrix.sum() == 36
+    data = tk.load_folder(image_folder, image_size=32, batch_size=8)
+    with caplog.at_level(logging.INFO, logger="transferkit"):
+        loaded.fine_tune(data, phase=dataclasses.replace(FAST_TUNE, epochs=1), verbose=0)
+    assert "cached features" not in caplog.text  # the old layout trains whole
+    loaded.save(tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "transferkit.json").read_text())["format"] == 1  # the layout it has
+    again = tk.FineTuner.load(tmp_path / "again")
+    np.testing.assert_array_equal(again.predict(pixels).probabilities, loaded.predict(pixels).probabilities)
+
+
+def test_multi_label_report_draws_label_sets_without_a_confusion_matrix(tmp_path):
+    data = _multi_label_data(write_image_folder(tmp_path / "data", per_class=6), tmp_path / "multi.csv")
+    tagger = _tuner(fine_tune_phase=None)
+    tagger.fit(data, verbose=0)
+    metrics = tagger.write_report(data, tmp_path / "run")
+    assert metrics["validation"]["confusion_matrix"] is None
+    assert {p.name for p in (tmp_path / "run").iterdir()} >= {"predictions.png", "training_curves.png",
+                                                                "metrics.json", "labels.txt"}
+    assert not (tmp_path / "run" / "confusion_matrix.png").exists()
+    sets = tagger.predict(list(data.validation_files.paths)).label_sets()
+    assert len(sets) == data.num_validation and all(set(s) <= set(data.class_names) for s in sets)
 
 
 @needs_shared

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -49,18 +51,45 @@ def test_policies_select_named_groups():
     assert tk.FreezeAll().apply(model, "tiny_cnn").trainable_params == 0
 
 
-def test_policy_errors_name_the_problem(caplog):
+def test_policy_errors_name_the_problem():
     model = _model()
     with pytest.raises(tk.ConfigError, match="more blocks than the backbone has \\(3\\)"):
         tk.UnfreezeTop(7).apply(model, "tiny_cnn")
-    with caplog.at_level("WARNING", logger="transferkit"):
-        clamped = tk.UnfreezeTop(7).apply(model, "tiny_cnn", clamp=True)  # what the FineTuner does
-    assert "3 block(s); unfreezing all of them instead of 7" in caplog.text
-    assert clamped.trainable_params == tk.UnfreezeTop(3).apply(model, "tiny_cnn").trainable_params
     with pytest.raises(tk.ConfigError, match="block2_conv"):
         tk.UnfreezeFrom("block2_cnv").apply(model, "tiny_cnn")
     with pytest.raises(tk.ConfigError):
         tk.UnfreezeTop(-1)
+
+
+def test_clamp_meets_an_oversized_request_with_a_warning(caplog):
+    model = _model()
+    with caplog.at_level("WARNING", logger="transferkit"):
+        clamped = tk.UnfreezeTop(7).apply(model, "tiny_cnn", clamp=True)  # what the FineTuner does
+    assert "tiny_cnn has 3 block(s); unfreezing all of them instead of 7" in caplog.text
+    assert clamped.policy == tk.UnfreezeTop(3)
+    assert clamped.trainable_params == tk.UnfreezeTop(3).apply(model, "tiny_cnn").trainable_params
+    assert tk.UnfreezeTop(2).apply(model, "tiny_cnn", clamp=True).policy == tk.UnfreezeTop(2)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OnlyConvs(tk.FreezePolicy):
+    """A user's own policy, written against the documented select(backbone, groups)."""
+
+    def select(self, backbone, groups):
+        return {layer.name for layer in backbone.layers if layer.name.endswith("_conv")}
+
+
+def test_a_custom_policy_applies_directly_and_in_the_finetuner(image_folder):
+    model = _model()
+    OnlyConvs().apply(model, "tiny_cnn")
+    assert _trainable(model) == {"stem_conv", "block1_conv", "block2_conv", "block3_conv", "top_conv"}
+    data = tk.load_folder(image_folder, image_size=32, batch_size=8)
+    tuner = tk.FineTuner("tiny_cnn", weights=None, seed=0, head_phase=tk.Phase(epochs=1, learning_rate=1e-3,
+                         policy=tk.FreezeAll()), fine_tune_phase=tk.Phase(epochs=1, learning_rate=1e-4,
+                                                                            policy=OnlyConvs()))
+    tuner.fit(data, verbose=0)
+    assert len(tuner.history["fine_tune"]["loss"]) == 1
+    assert _trainable(tuner.model) == {"stem_conv", "block1_conv", "block2_conv", "block3_conv", "top_conv"}
 
 
 def _fit_once(model, x, y):

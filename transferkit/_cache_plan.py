@@ -107,10 +107,12 @@ def cached_datasets(plan: CachePlan, data: ImageData, cache: FeatureCache, *, pr
         raise ValueError("plan_cache() returns a plan only for data with an ordered training split.")
     if plan.views:
         augment = settings.augment
+        if augment is None:
+            raise ValueError("plan_cache() plans augmented views only for data with an Augment.")
 
         def augmented() -> Iterator[tuple[np.ndarray, np.ndarray]]:
             for k in range(plan.views):
-                layers = augment.layers(seed=settings.seed + k)
+                layers = augment.layers(seed=(settings.seed or 0) + k)
                 for images, labels in ordered:
                     yield layers(images, training=True), labels
 

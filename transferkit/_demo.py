@@ -23,9 +23,12 @@ from transferkit.backbones._weights import shipped_file
 from transferkit.data._loaders import load_folder
 
 DEMO_DATA = "fashion_mnist_500.npz"
+PER_CLASS = 50
+IMAGE_SIZE = 96
+SEED = 0
 
 
-def write_demo_images(folder: Path, *, per_class: int = 50) -> Path:
+def write_demo_images(folder: Path, *, per_class: int = PER_CLASS) -> Path:
     """Write the shipped Fashion-MNIST photos as ``folder/<class>/<n>.png``; returns ``folder``."""
     with np.load(shipped_file(DEMO_DATA)) as shipped:
         images, labels, names = shipped["images"], shipped["labels"], [str(n) for n in shipped["class_names"]]
@@ -39,7 +42,8 @@ def write_demo_images(folder: Path, *, per_class: int = 50) -> Path:
     return folder
 
 
-def run_demo(out: Path, *, per_class: int = 50, image_size: int = 96, seed: int = 0) -> dict[str, float]:
+def run_demo(out: Path, *, per_class: int = PER_CLASS, image_size: int = IMAGE_SIZE, seed: int = SEED
+             ) -> dict[str, float]:
     """Run the demo into ``out`` and return both accuracies."""
     start = time.perf_counter()
     data_dir = write_demo_images(out / "data", per_class=per_class)

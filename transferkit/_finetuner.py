@@ -14,6 +14,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -30,10 +31,21 @@ from transferkit._inference import (
     prediction_input,
 )
 from transferkit._metrics import Evaluation, Predictions, evaluate_outputs
-from transferkit._model import build_model
+from transferkit._model import build_model, model_parts
 from transferkit._phases import FINE_TUNE_PHASE, HEAD_PHASE, Phase, steps_per_epoch
-from transferkit._saving import RunMetadata, load_run, save_run
-from transferkit._types import Callbacks, Color, EvalData, History, Images, PathLike, TrainData, Verbose, Weights
+from transferkit._saving import FORMAT, RunMetadata, load_run, save_run
+from transferkit._types import (
+    Callbacks,
+    Color,
+    EvalData,
+    History,
+    Images,
+    PathLike,
+    TrainData,
+    ValidationData,
+    Verbose,
+    Weights,
+)
 from transferkit.backbones._registry import BackboneSpec, get_backbone, list_backbones
 from transferkit.data._images import WHITE
 from transferkit.data._loaders import ImageData, load_folder
@@ -181,7 +193,7 @@ class FineTuner:
 
     # ------------------------------------------------------------------ data
 
-    def _bind(self, train: TrainData, validation: TrainData | None) -> _Batches:
+    def _bind(self, train: TrainData, validation: ValidationData | None) -> _Batches:
         """The batches a phase runs on; ImageData also tells the tuner its classes and image settings."""
         if isinstance(train, (str, os.PathLike)):
             train = load_folder(train, image_size=self.image_size or self.spec.input_size, seed=self.seed or 0)
@@ -227,14 +239,14 @@ class FineTuner:
 
     # ------------------------------------------------------------------ training
 
-    def _run(self, name: str, phase: Phase, train: TrainData, validation: TrainData | None, callbacks: Callbacks,
+    def _run(self, name: str, phase: Phase, train: TrainData, validation: ValidationData | None, callbacks: Callbacks,
              verbose: Verbose) -> History:
         batches = self._bind(train, validation)
         model = self.build()
         summary = phase.policy.apply(model, self.spec, clamp=True)
         self._compile(model, phase, batches.train)
         log.info("Phase %s: %d epochs, lr %g (%s), %s: %d of %d backbone parameters train", name, phase.epochs,
-                 phase.learning_rate, phase.schedule, phase.policy, summary.trainable_params, summary.total_params)
+                 phase.learning_rate, phase.schedule, summary.policy, summary.trainable_params, summary.total_params)
         if phase.epochs == 0:
             return {}
         trained, train_ds, val_ds = model, batches.train, batches.validation
@@ -258,7 +270,7 @@ class FineTuner:
         model.compile(optimizer=phase.make_optimizer(steps_per_epoch(train)), loss=head.loss(),
                       metrics=head.metrics())
 
-    def train_head(self, train: TrainData, validation: TrainData | None = None, *, phase: Phase | None = None,
+    def train_head(self, train: TrainData, validation: ValidationData | None = None, *, phase: Phase | None = None,
                    callbacks: Callbacks = (), verbose: Verbose = "auto") -> History:
         """Phase 1: train the head with the backbone frozen.
 
@@ -274,7 +286,7 @@ class FineTuner:
         """
         return self._run("head", phase or self.head_phase, train, validation, callbacks, verbose)
 
-    def fine_tune(self, train: TrainData, validation: TrainData | None = None, *, phase: Phase | None = None,
+    def fine_tune(self, train: TrainData, validation: ValidationData | None = None, *, phase: Phase | None = None,
                   callbacks: Callbacks = (), verbose: Verbose = "auto") -> History:
         """Phase 2: unfreeze the top of the backbone and train it at a low learning rate."""
         chosen = phase or self.fine_tune_phase
@@ -282,7 +294,7 @@ class FineTuner:
             raise ConfigError("fine_tune_phase is None: pass phase=Phase(...) to fine_tune().")
         return self._run("fine_tune", chosen, train, validation, callbacks, verbose)
 
-    def fit(self, train: TrainData, validation: TrainData | None = None, *, callbacks: Callbacks = (),
+    def fit(self, train: TrainData, validation: ValidationData | None = None, *, callbacks: Callbacks = (),
             verbose: Verbose = "auto") -> dict[str, History]:
         """Run :meth:`train_head`, then :meth:`fine_tune` (unless ``fine_tune_phase`` is None).
 
@@ -320,7 +332,7 @@ class FineTuner:
         prepared = prediction_input(images, settings=self._image_settings())
         return Predictions(predict_outputs(model, prepared, batch_size=batch_size), classes, prepared.paths)
 
-    def write_report(self, data: ImageData, out: PathLike) -> dict[str, object]:
+    def write_report(self, data: ImageData, out: PathLike) -> dict[str, Any]:
         """Evaluate on ``data``'s validation split and write metrics.json, labels.txt and the PNGs.
 
         See :func:`transferkit.report.write_report` for what is written. Returns the metrics.
@@ -342,6 +354,7 @@ class FineTuner:
         """Write ``model.keras`` and ``transferkit.json`` (classes, settings, history) to ``directory``."""
         model = self._require_model()
         meta = RunMetadata(
+            format=FORMAT if model_parts(model).head is not None else 1,  # a loaded format-1 model keeps its layout
             backbone=self.spec.name, hub_handle=self.spec.handle,
             weights=None if self.weights is None else str(self.weights), image_size=int(model.input_shape[1]),
             class_names=self._require_classes(), head=self._head().to_config(), resize=self.resize,

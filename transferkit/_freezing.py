@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -28,11 +29,19 @@ log = logging.getLogger("transferkit")
 
 @dataclass(frozen=True)
 class FreezeSummary:
-    """What a policy left trainable in the backbone."""
+    """What a policy left trainable in the backbone.
+
+    Attributes:
+        trainable_layers: Backbone layers with weights that train.
+        trainable_params: Backbone parameters that train.
+        total_params: All backbone parameters.
+        policy: The policy as applied (with ``clamp=True``, possibly narrowed to fit the backbone).
+    """
 
     trainable_layers: int
     trainable_params: int
     total_params: int
+    policy: FreezePolicy | None = None
 
 
 def _count(weights: list) -> int:
@@ -51,13 +60,16 @@ class FreezePolicy:
 
     train_batchnorm: bool = False
 
-    def select(self, backbone: keras.Model, groups: dict[str, list[str]], *, clamp: bool = False) -> set[str]:
-        """Names of the backbone layers that should train.
-
-        ``clamp=True`` turns a request the backbone cannot meet (more blocks than it has) into
-        the nearest one it can, with a warning, instead of an error.
-        """
+    def select(self, backbone: keras.Model, groups: dict[str, list[str]]) -> set[str]:
+        """Names of the backbone layers that should train (subclasses decide)."""
         raise NotImplementedError
+
+    def fitted(self, groups: dict[str, list[str]], *, backbone_name: str) -> FreezePolicy:
+        """This policy, or the nearest one the backbone can meet (``apply(..., clamp=True)`` uses it).
+
+        The base class returns ``self``: most policies fit every backbone.
+        """
+        return self
 
     def apply(self, model: keras.Model, backbone: str | BackboneSpec, *, clamp: bool = False) -> FreezeSummary:
         """Apply the policy to ``model`` (a transferkit model or a bare backbone).
@@ -71,19 +83,22 @@ class FreezePolicy:
         """
         spec = get_backbone(backbone)
         net = backbone_of(model)
-        chosen = self.select(net, layer_groups(net, spec.groups), clamp=clamp)
+        groups = layer_groups(net, spec.groups)
+        policy = self.fitted(groups, backbone_name=spec.name) if clamp else self
+        chosen = policy.select(net, groups)
         net.trainable = bool(chosen)
         for layer in net.layers:
             is_bn = isinstance(layer, keras.layers.BatchNormalization)
-            layer.trainable = layer.name in chosen and (self.train_batchnorm or not is_bn)
+            layer.trainable = layer.name in chosen and (policy.train_batchnorm or not is_bn)
             if isinstance(layer, HubLayer):  # no inner structure: BatchNorm inside follows `training`
-                layer.pass_training = self.train_batchnorm and layer.trainable
+                layer.pass_training = policy.train_batchnorm and layer.trainable
         if getattr(model, "compiled", False):
             model.compile_from_config(model.get_compile_config())
         return FreezeSummary(
             trainable_layers=sum(1 for layer in net.layers if layer.trainable and layer.weights),
             trainable_params=_count(net.trainable_weights),
             total_params=_count(net.weights),
+            policy=policy,
         )
 
 
@@ -91,7 +106,7 @@ class FreezePolicy:
 class FreezeAll(FreezePolicy):
     """Freeze the whole backbone (feature extraction); only the head trains."""
 
-    def select(self, backbone: keras.Model, groups: dict[str, list[str]], *, clamp: bool = False) -> set[str]:
+    def select(self, backbone: keras.Model, groups: dict[str, list[str]]) -> set[str]:
         return set()
 
 
@@ -99,7 +114,7 @@ class FreezeAll(FreezePolicy):
 class UnfreezeAll(FreezePolicy):
     """Train the whole backbone (full fine-tuning)."""
 
-    def select(self, backbone: keras.Model, groups: dict[str, list[str]], *, clamp: bool = False) -> set[str]:
+    def select(self, backbone: keras.Model, groups: dict[str, list[str]]) -> set[str]:
         return {layer.name for layer in backbone.layers}
 
 
@@ -108,7 +123,7 @@ class UnfreezeTop(FreezePolicy):
     """Train the last ``blocks`` blocks of the backbone and the layers after them.
 
     ``UnfreezeTop(2)`` means the same thing for every family: the two blocks nearest the
-    output (see each backbone's groups with ``transferkit.layer_groups``). ``UnfreezeTop(0)``
+    output (see each backbone's groups with ``transferkit.backbones.layer_groups``). ``UnfreezeTop(0)``
     trains only the ``top`` group (the final conv/norm layers some families have).
     """
 
@@ -118,20 +133,23 @@ class UnfreezeTop(FreezePolicy):
         if not isinstance(self.blocks, int) or self.blocks < 0:
             raise ConfigError(f"Expected blocks to be an integer >= 0. Received: blocks={self.blocks!r}.")
 
-    def select(self, backbone: keras.Model, groups: dict[str, list[str]], *, clamp: bool = False) -> set[str]:
+    def select(self, backbone: keras.Model, groups: dict[str, list[str]]) -> set[str]:
         blocks = block_names(groups)
-        count = self.blocks
-        if count > len(blocks):
-            if not clamp:
-                raise ConfigError(
-                    f"UnfreezeTop(blocks={self.blocks}) asks for more blocks than the backbone has ({len(blocks)}). "
-                    f"Use a number up to {len(blocks)}, or UnfreezeAll()."
-                )
-            log.warning("The backbone has %d block(s); unfreezing all of them instead of %d.", len(blocks),
-                        self.blocks)
-            count = len(blocks)
-        chosen = [*blocks[len(blocks) - count:], TOP]
+        if self.blocks > len(blocks):
+            raise ConfigError(
+                f"UnfreezeTop(blocks={self.blocks}) asks for more blocks than the backbone has ({len(blocks)}). "
+                f"Use a number up to {len(blocks)}, or UnfreezeAll()."
+            )
+        chosen = [*blocks[len(blocks) - self.blocks:], TOP]
         return {name for group in chosen for name in groups.get(group, [])}
+
+    def fitted(self, groups: dict[str, list[str]], *, backbone_name: str) -> FreezePolicy:
+        available = len(block_names(groups))
+        if self.blocks <= available:
+            return self
+        log.warning("%s has %d block(s); unfreezing all of them instead of %d.", backbone_name, available,
+                    self.blocks)
+        return dataclasses.replace(self, blocks=available)
 
 
 @dataclass(frozen=True)
@@ -140,7 +158,7 @@ class UnfreezeFrom(FreezePolicy):
 
     layer: str = ""
 
-    def select(self, backbone: keras.Model, groups: dict[str, list[str]], *, clamp: bool = False) -> set[str]:
+    def select(self, backbone: keras.Model, groups: dict[str, list[str]]) -> set[str]:
         names = [layer.name for layer in backbone.layers]
         if self.layer not in names:
             raise ConfigError(

@@ -96,8 +96,7 @@ class Head:
             num_outputs, activation=self.output_activation, dtype="float32", name="head_output"
         )(x)
 
-    def build_model(self, feature_shape: tuple[int | None, ...], num_outputs: int, *, name: str = "head"
-                    ) -> keras.Model:
+    def build_model(self, feature_shape: tuple[int | None, ...], num_outputs: int, *, name: str) -> keras.Model:
         """The head as a model of its own, taking the backbone's features (``feature_shape``, no batch)."""
         features = keras.Input(shape=tuple(feature_shape), name="features")
         return keras.Model(features, self.build(features, num_outputs), name=name)

@@ -10,6 +10,12 @@ import numpy as np
 
 from transferkit._errors import ConfigError, DataError
 
+TOP_K = 3
+"""How many classes :meth:`Predictions.top` (and ``transferkit predict``) list by default."""
+
+MULTI_LABEL_THRESHOLD = 0.5
+"""A multi-label head's class counts as present at or above this probability (and a multi-hot label at or above it)."""
+
 
 @dataclass(frozen=True)
 class Evaluation:
@@ -82,11 +88,11 @@ class Predictions:
         """The most probable class name of each image."""
         return [self.class_names[i] for i in self.indices]
 
-    def label_sets(self, threshold: float = 0.5) -> list[list[str]]:
+    def label_sets(self, threshold: float = MULTI_LABEL_THRESHOLD) -> list[list[str]]:
         """The classes at or above ``threshold`` for each image (the answer of a multi-label head)."""
         return [[self.class_names[j] for j in np.flatnonzero(row >= threshold)] for row in self.probabilities]
 
-    def top(self, k: int = 3) -> list[list[tuple[str, float]]]:
+    def top(self, k: int = TOP_K) -> list[list[tuple[str, float]]]:
         """The ``k`` most probable ``(class, probability)`` pairs of each image."""
         k = max(1, min(k, len(self.class_names)))
         order = np.argsort(-self.probabilities, axis=1)[:, :k]
@@ -109,8 +115,8 @@ def evaluate_outputs(probabilities: np.ndarray, truth: np.ndarray, *, task: str,
     p, y = np.asarray(probabilities), np.asarray(truth)
     value = float(keras.ops.convert_to_numpy(loss(y, p)))
     if task == "multi_label":
-        pred = p >= 0.5
-        truth_b = y >= 0.5
+        pred = p >= MULTI_LABEL_THRESHOLD
+        truth_b = y >= MULTI_LABEL_THRESHOLD
         tp = (pred & truth_b).sum(0).astype(float)
         fp = (pred & ~truth_b).sum(0).astype(float)
         fn = (~pred & truth_b).sum(0).astype(float)

@@ -23,7 +23,7 @@ class Phase:
     Attributes:
         epochs: Passes over the training data (0 skips the phase).
         learning_rate: Peak learning rate.
-        policy: Which backbone layers train (:mod:`transferkit.freezing`).
+        policy: Which backbone layers train (:class:`~transferkit.FreezePolicy`).
         schedule: ``"constant"`` or ``"cosine"`` (cosine decay to 0 after the warm-up).
         warmup_epochs: Linear warm-up from 0 to ``learning_rate`` (cosine schedule only),
             capped at half the phase.

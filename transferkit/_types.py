@@ -38,6 +38,9 @@ Callbacks = Sequence["keras.callbacks.Callback"]
 TrainData = Union["ImageData", "tf.data.Dataset", str, "os.PathLike[str]"]
 """What a training phase accepts: a loader's ImageData, ``(images, labels)`` batches, or a class folder."""
 
+ValidationData = Union["ImageData", "tf.data.Dataset"]
+"""Validation batches: a dataset of ``(images, labels)``, or ImageData (its validation split)."""
+
 EvalData = Union["ImageData", "tf.data.Dataset", str, "os.PathLike[str]"]
 """What :meth:`FineTuner.evaluate` accepts: ImageData (its validation split), batches, or a class folder."""
 

@@ -188,7 +188,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
     spec = tk.get_backbone(args.backbone or DEFAULT_BACKBONE)
     weights = _weights(args.weights)
-    options = {"image_size": args.image_size or spec.input_size, "seed": args.seed}
+    seeded = {} if args.seed is None else {"seed": args.seed}  # else the library's default seed
+    options = {"image_size": args.image_size or spec.input_size, **seeded}
     if args.batch_size is not None:
         options["batch_size"] = args.batch_size
     data = tk.load_folder(args.data_dir, progress=True, **options)
@@ -199,7 +200,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     print(f"{'Resuming' if resumed else 'Starting'} a {args.tuner} search of {args.max_trials} trials over the head"
           f"{' and the fine-tune depth' if args.fine_tune else ''} of {spec.name} ({out / 'search'})")
     result = tk.search(data, spec, weights=weights, max_trials=args.max_trials, tuner=args.tuner, epochs=args.epochs,
-                       fine_tune=args.fine_tune, directory=out / "search", seed=args.seed, cache=cache)
+                       fine_tune=args.fine_tune, directory=out / "search", cache=cache, **seeded)
     print(result.table())
     result.write_csv(out / "trials.csv")
     plot_scores(result, out / "search_scores.png")
@@ -260,6 +261,8 @@ def _show_warning(message: Warning | str, category: type[Warning], *args: object
 
 
 def _build_parser() -> argparse.ArgumentParser:
+    from transferkit._demo import IMAGE_SIZE, PER_CLASS, SEED
+    from transferkit._metrics import TOP_K
     from transferkit._tuning import EPOCHS, MAX_TRIALS, TUNERS
 
     parser = argparse.ArgumentParser(prog="transferkit", description="Transfer learning for images with Keras 3.")
@@ -302,15 +305,15 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fine-tune", action="store_true", help="also search the fine-tune depth and learning rate")
     p.add_argument("--image-size", type=int)
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int)
     p.add_argument("--out", default="tune", help="run folder; running again on it resumes the search")
     p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("demo", help="the whole job offline: fine-tune the shipped MobileNet on shipped photos")
     p.add_argument("--out", default="transferkit-demo", help="folder for the data, the run and its report")
-    p.add_argument("--per-class", type=int, default=50, help="images per class (at most 50)")
-    p.add_argument("--image-size", type=int, default=96)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--per-class", type=int, default=PER_CLASS, help=f"images per class (at most {PER_CLASS})")
+    p.add_argument("--image-size", type=int, default=IMAGE_SIZE)
+    p.add_argument("--seed", type=int, default=SEED)
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("evaluate", help="metrics of a saved run on DATA_DIR/<class>/<images>")
@@ -322,7 +325,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="top classes of an image or a folder of images")
     p.add_argument("run_dir")
     p.add_argument("images")
-    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--top-k", type=int, default=TOP_K)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_predict)
     return parser

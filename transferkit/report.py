@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from transferkit._errors import MissingDependencyError
-from transferkit._metrics import Evaluation, Predictions
+from transferkit._metrics import MULTI_LABEL_THRESHOLD, Evaluation, Predictions
 from transferkit._types import History, PathLike
 from transferkit.data._images import load_image
 from transferkit.data._pipelines import PipelineSettings
@@ -159,7 +159,7 @@ def _example_labels(examples: Predictions, truth: np.ndarray) -> tuple[list[str]
     names = examples.class_names
     if truth.ndim == 2:  # multi-hot rows
         predicted = [", ".join(s) or "(none)" for s in examples.label_sets()]
-        true = [", ".join(names[j] for j in np.flatnonzero(row >= 0.5)) or "(none)" for row in truth]
+        true = [", ".join(names[j] for j in np.flatnonzero(row >= MULTI_LABEL_THRESHOLD)) or "(none)" for row in truth]
         return predicted, true
     return examples.labels, [names[int(i)] for i in truth]
 

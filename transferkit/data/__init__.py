@@ -5,6 +5,7 @@ The loaders themselves (:func:`transferkit.load_folder`, :func:`transferkit.load
 top level. This namespace is for building your own pipeline from the same parts.
 
 Example:
+    >>> import transferkit as tk
     >>> from transferkit.data import load_image, make_dataset
     >>> pixels = load_image("cat.jpg", image_size=224)          # uint8, EXIF-upright, alpha composited
     >>> batches = make_dataset(tk.scan_folder("photos"), image_size=224, training=True)

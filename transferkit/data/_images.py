@@ -143,8 +143,8 @@ def as_image_batch(images: object, *, channels: tuple[int, ...] = (3,)) -> np.nd
         array = array[..., None]  # a grayscale stack
     accepted = "|".join(str(c) for c in channels)
     if array.ndim != 4 or array.shape[-1] not in channels:
-        stack = "(n, height, width), " if 1 in channels else "(height, width, 3), "
+        single = "(n, height, width)" if 1 in channels else "(height, width, 3)"
         raise DataError(
-            f"Expected images of shape {stack}or (n, height, width, {accepted}). Received: {array.shape}."
+            f"Expected images of shape {single} or (n, height, width, {accepted}). Received: {array.shape}."
         )
     return array

@@ -60,7 +60,8 @@ class ImageData:
     train_ordered: tf.data.Dataset | None = None
 
 
-def _from_files(files: ImageFiles, settings: PipelineSettings, validation_files: ImageFiles | None) -> ImageData:
+def _from_files(files: ImageFiles, settings: PipelineSettings, validation_files: ImageFiles | None, *,
+                cache: bool = True) -> ImageData:
     if validation_files is None:
         train_idx, val_idx = stratified_split(files.labels, validation_fraction=settings.validation_split,
                                               seed=settings.seed)
@@ -68,8 +69,8 @@ def _from_files(files: ImageFiles, settings: PipelineSettings, validation_files:
     else:
         train_files, val_files = files, validation_files
     return ImageData(
-        train=file_pipeline(train_files, settings, training=True),
-        validation=file_pipeline(val_files, settings) if val_files is not None else None,
+        train=file_pipeline(train_files, settings, training=True, cache=cache),
+        validation=file_pipeline(val_files, settings, cache=cache) if val_files is not None else None,
         class_names=files.class_names,
         settings=settings,
         class_weight=None if files.multi_label else class_weights(train_files.labels, len(files.class_names)),
@@ -83,17 +84,19 @@ def _from_files(files: ImageFiles, settings: PipelineSettings, validation_files:
     )
 
 
-def from_files(files: ImageFiles, *, validation_files: ImageFiles | None = None,
+def from_files(files: ImageFiles, *, validation_files: ImageFiles | None = None, cache: bool = True,
                **options: Unpack[PipelineOptions]) -> ImageData:
     """Split ``files`` (stratified, seeded) and build both pipelines.
 
     Args:
         files: Images and labels, from :func:`scan_folder` or :func:`read_csv`.
         validation_files: A fixed validation set to use instead of a split.
+        cache: Keep the decoded images in memory after the first epoch (``False`` decodes them
+            every epoch: for datasets larger than memory).
         **options: Any :class:`PipelineSettings` field (``image_size``, ``batch_size``,
             ``validation_split``, ``seed``, ``resize``, ``background``, ``augment``).
     """
-    return _from_files(files, pipeline_settings(dict(options), where="from_files"), validation_files)
+    return _from_files(files, pipeline_settings(dict(options), where="from_files"), validation_files, cache=cache)
 
 
 def load_folder(directory: PathLike, *, strict: bool = False, progress: bool = False,

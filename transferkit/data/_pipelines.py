@@ -32,7 +32,7 @@ class PipelineSettings:
         image_size: Side of the square images, in pixels.
         batch_size: Images per batch.
         validation_split: Fraction of the images held out for validation (stratified, seeded).
-        seed: Seeds the split, the shuffling and the augmentation.
+        seed: Seeds the split, the shuffling and the augmentation (``None``: different every run).
         resize: ``"pad"`` (keep the aspect ratio, fill with ``background``), ``"stretch"`` or
             ``"crop"`` (centre).
         background: RGB colour that transparent pixels and padding become.
@@ -45,7 +45,7 @@ class PipelineSettings:
     image_size: int = 224
     batch_size: int = 32
     validation_split: float = 0.2
-    seed: int = 0
+    seed: int | None = 0
     resize: str = "pad"
     background: Color = WHITE
     augment: Augment | None = None
@@ -59,12 +59,13 @@ class PipelineSettings:
             raise ConfigError(
                 f"Expected validation_split in [0, 1). Received: validation_split={self.validation_split!r}."
             )
-        if not isinstance(self.seed, int):
-            raise ConfigError(f"Expected seed to be an integer. Received: seed={self.seed!r}.")
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
+            raise ConfigError(f"Expected seed to be an integer or None. Received: seed={self.seed!r}.")
         check_choice("resize", self.resize, RESIZE_MODES)
         background = tuple(self.background)
-        if len(background) != 3 or not all(isinstance(c, (int, np.integer)) and 0 <= c <= 255 for c in background):
-            raise ConfigError(f"Expected background to be an RGB triple of 0–255 integers. Received: {background!r}.")
+        if len(background) != 3 or not all(isinstance(c, (int, float, np.number)) and 0 <= c <= 255
+                                           for c in background):
+            raise ConfigError(f"Expected background to be an RGB triple of values in 0–255. Received: {background!r}.")
         object.__setattr__(self, "background", tuple(int(c) for c in background))
         if self.augment is not None and not isinstance(self.augment, Augment):
             raise ConfigError(f"Expected augment to be an Augment(...) or None. Received: augment={self.augment!r}.")
@@ -76,7 +77,7 @@ class PipelineOptions(TypedDict, total=False):
     image_size: int
     batch_size: int
     validation_split: float
-    seed: int
+    seed: int | None
     resize: str
     background: Color
     augment: Augment | None
@@ -151,7 +152,7 @@ def array_pipeline(images: np.ndarray, labels: np.ndarray, settings: PipelineSet
     return _finish(ds, len(labels), settings, training=training, cache=True)
 
 
-def make_dataset(files: ImageFiles, *, training: bool = False, cache: bool | str = True,
+def make_dataset(files: ImageFiles, *, image_size: int, training: bool = False, cache: bool | str = True,
                  **options: Unpack[PipelineOptions]) -> tf.data.Dataset:
     """A tf.data pipeline over ``files``: parallel decode → cache → shuffle → batch → augment → prefetch.
 
@@ -162,13 +163,17 @@ def make_dataset(files: ImageFiles, *, training: bool = False, cache: bool | str
     Args:
         files: The images and labels (from :func:`~transferkit.scan_folder` or
             :func:`~transferkit.read_csv`).
+        image_size: Side of the square images, in pixels.
         training: Shuffle every epoch and augment.
         cache: ``True`` (memory), ``False``, or a file prefix to cache decoded images on disk.
-        **options: Any :class:`~transferkit.PipelineSettings` field (``image_size``,
-            ``batch_size``, ``seed``, ``resize``, ``background``, ``augment``).
+        **options: The other :class:`~transferkit.PipelineSettings` fields that shape one pipeline
+            (``batch_size``, ``seed``, ``resize``, ``background``, ``augment``).
 
     Example:
         >>> make_dataset(scan_folder("photos"), image_size=160, training=True)
     """
-    return file_pipeline(files, pipeline_settings(dict(options), where="make_dataset"), training=training,
-                         cache=cache)
+    if "validation_split" in options:
+        raise ConfigError("make_dataset() builds one pipeline and does not split; split first with "
+                          "transferkit.stratified_split, or use transferkit.from_files.")
+    settings = pipeline_settings({**options, "image_size": image_size}, where="make_dataset")
+    return file_pipeline(files, settings, training=training, cache=cache)

@@ -115,9 +115,11 @@ def find_images(
     found, skipped = _walk(root, exts)
     bad = dict(find_bad_images(found))
     skipped.extend((p, bad[p]) for p in found if p in bad)
-    good = tuple(p for p in found if p not in bad)
+    good = tuple(sorted(p for p in found if p not in bad))
     if not good:
-        raise DataError(f"Folder {str(root)!r} has no usable image files ({', '.join(exts)}).")
+        reasons = "; ".join(f"{Path(p).name}: {r}" for p, r in skipped[:3]) + ("; …" if len(skipped) > 3 else "")
+        raise DataError(f"Folder {str(root)!r} has no usable image files ({', '.join(exts)})"
+                        + (f" ({reasons})." if skipped else "."))
     report_skipped(skipped, strict, repr(str(root)))
     return good
 

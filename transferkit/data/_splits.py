@@ -8,7 +8,7 @@ from transferkit._errors import ConfigError
 
 
 def stratified_split(
-    labels: np.ndarray, *, validation_fraction: float = 0.2, seed: int = 0
+    labels: np.ndarray, *, validation_fraction: float = 0.2, seed: int | None = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split indices into train / validation keeping each class's share (seeded).
 

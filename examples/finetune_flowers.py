@@ -2,6 +2,7 @@
 
     python examples/finetune_flowers.py                  # downloads flower_photos when the network allows
     python examples/finetune_flowers.py --data DIR       # any DIR/<class>/<images> folder
+    python examples/finetune_flowers.py --data DIR --backbone mobilenet --weights FILE.weights.h5
 
 The classic recipe — new head on a frozen MobileNetV2, then fine-tuning of its top blocks at a
 lower learning rate — with the preprocessing, BatchNorm and learning-rate schedule handled by
@@ -20,6 +21,7 @@ FLOWERS_URL = "https://storage.googleapis.com/download.tensorflow.org/example_im
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--data", help="a folder of class sub-folders instead of the download")
+parser.add_argument("--backbone", default="mobilenet_v2", help="registry name (`transferkit backbones`)")
 parser.add_argument("--weights", default="imagenet", help="'imagenet', 'none' or a weights file")
 parser.add_argument("--out", default="flowers_run")
 args = parser.parse_args()
@@ -35,9 +37,12 @@ else:
     found = list(Path(archive).rglob("daisy"))
     data_dir = found[0].parent if found else Path(archive)
 
-data = tk.load_folder(data_dir, image_size=224, augment=tk.Augment(), progress=True)
-tuner = tk.FineTuner("mobilenet_v2", weights=None if args.weights == "none" else args.weights, seed=0)
-tuner.fit(data)
+try:
+    data = tk.load_folder(data_dir, image_size=224, augment=tk.Augment(), progress=True)
+    tuner = tk.FineTuner(args.backbone, weights=None if args.weights == "none" else args.weights, seed=0)
+    tuner.fit(data)
+except tk.TransferkitError as error:  # a wrong path, backbone or weights file: one line, no traceback
+    sys.exit(f"error: {error}")
 tuner.save(args.out)
 metrics = tuner.write_report(data, args.out)
 print(f"validation accuracy {metrics['validation']['accuracy']:.3f}; model and report in {args.out}/")

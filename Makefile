@@ -19,6 +19,7 @@ test: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 docs: install
 	$(BIN)/mkdocs build --strict

@@ -199,7 +199,7 @@ def test_pipeline_options_keep_what_worked_before(image_folder):
     data = tk.from_files(files, image_size=16, cache=False, seed=None, background=(255.0, 255.0, 255.0))
     assert data.settings.background == (255, 255, 255) and data.settings.seed is None
     assert data.num_train + data.num_validation == 36
-    with pytest.raises(TypeError, match="image_size"):
+    with pytest.raises(tk.ConfigError, match="needs image_size"):
         make_dataset(files)  # the size of a pipeline is never guessed
     with pytest.raises(tk.ConfigError, match="does not split"):
         make_dataset(files, image_size=16, validation_split=0.2)

@@ -137,7 +137,8 @@ class FeatureCache:
             directory.mkdir(parents=True, exist_ok=True)
             final_features, final_labels = self._files(key, directory)
             partial = final_features.with_suffix(".partial.npy")
-            features = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(count, *shape))
+            features: np.ndarray = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32,
+                                                             shape=(count, *shape))
         else:
             features = np.empty((count, *shape), dtype=np.float32)
         labels: list[np.ndarray] = []
@@ -153,7 +154,8 @@ class FeatureCache:
             raise RuntimeError(f"Feature extraction produced {done} rows, expected {count}.")
         label_array = np.concatenate(labels)
         if directory is not None:
-            features.flush()
+            if isinstance(features, np.memmap):
+                features.flush()
             del features
             np.save(final_labels, label_array)
             os.replace(partial, final_features)  # only a complete array ever carries the key
@@ -198,7 +200,8 @@ def has_random_layers(model: keras.Model) -> bool:
     return any(isinstance(layer, _RANDOM_LAYERS) for layer in model.layers)
 
 
-def feature_dataset(arrays: CachedArrays, *, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
+def feature_dataset(arrays: CachedArrays, *, batch_size: int, shuffle: bool, seed: int | None
+                    ) -> tf.data.Dataset:
     """Batches of cached features, in the order the image pipeline would give the same images.
 
     Shuffling indices, not rows, gives the image pipeline's permutation (same seed and count)

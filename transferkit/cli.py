@@ -104,7 +104,7 @@ def _read_config(path: str) -> dict[str, Any]:
             try:
                 import tomllib
             except ImportError:  # Python 3.10
-                import tomli as tomllib
+                import tomli as tomllib  # type: ignore[no-redef]
 
             config = tomllib.loads(text)
         elif file.suffix.lower() in (".yaml", ".yml"):

@@ -152,7 +152,7 @@ def array_pipeline(images: np.ndarray, labels: np.ndarray, settings: PipelineSet
     return _finish(ds, len(labels), settings, training=training, cache=True)
 
 
-def make_dataset(files: ImageFiles, *, image_size: int, training: bool = False, cache: bool | str = True,
+def make_dataset(files: ImageFiles, *, training: bool = False, cache: bool | str = True,
                  **options: Unpack[PipelineOptions]) -> tf.data.Dataset:
     """A tf.data pipeline over ``files``: parallel decode → cache → shuffle → batch → augment → prefetch.
 
@@ -163,17 +163,19 @@ def make_dataset(files: ImageFiles, *, image_size: int, training: bool = False, 
     Args:
         files: The images and labels (from :func:`~transferkit.scan_folder` or
             :func:`~transferkit.read_csv`).
-        image_size: Side of the square images, in pixels.
         training: Shuffle every epoch and augment.
         cache: ``True`` (memory), ``False``, or a file prefix to cache decoded images on disk.
-        **options: The other :class:`~transferkit.PipelineSettings` fields that shape one pipeline
-            (``batch_size``, ``seed``, ``resize``, ``background``, ``augment``).
+        **options: The :class:`~transferkit.PipelineSettings` fields that shape one pipeline:
+            ``image_size`` (required), ``batch_size``, ``seed``, ``resize``, ``background``,
+            ``augment``.
 
     Example:
         >>> make_dataset(scan_folder("photos"), image_size=160, training=True)
     """
+    if "image_size" not in options:
+        raise ConfigError("make_dataset() needs image_size=… (the side of the square images, in pixels).")
     if "validation_split" in options:
         raise ConfigError("make_dataset() builds one pipeline and does not split; split first with "
                           "transferkit.stratified_split, or use transferkit.from_files.")
-    settings = pipeline_settings({**options, "image_size": image_size}, where="make_dataset")
+    settings = pipeline_settings(dict(options), where="make_dataset")
     return file_pipeline(files, settings, training=training, cache=cache)

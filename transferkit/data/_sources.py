@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -160,8 +160,8 @@ def scan_folder(
         )
     candidates: list[tuple[str, int]] = []
     for label, class_dir in enumerate(class_dirs):
-        found, other = _walk(class_dir, exts)
-        candidates.extend((path, label) for path in found)
+        images, other = _walk(class_dir, exts)
+        candidates.extend((path, label) for path in images)
         skipped.extend(other)
     bad = dict(find_bad_images([p for p, _ in candidates], progress=progress))
     skipped.extend((p, bad[p]) for p, _ in candidates if p in bad)
@@ -230,7 +230,8 @@ def read_csv(
                 f"Pass {argument}=<one of them>."
             )
     if rows is None:
-        pairs = list(zip(table[path_column], table[label_column]))
+        frame: Any = table  # a DataFrame (pandas is not a dependency, so it is not named in the types)
+        pairs = list(zip(frame[path_column], frame[label_column]))
     else:
         pairs = [(row[path_column], row[label_column]) for row in rows]
     paths: list[str] = []
@@ -256,8 +257,8 @@ def read_csv(
     index = {n: i for i, n in enumerate(class_names)}
     if multi_label:
         labels = np.zeros((len(paths), len(class_names)), dtype=np.float32)
-        for row, names in enumerate(label_sets):
-            labels[row, [index[n] for n in names]] = 1.0
+        for i, names in enumerate(label_sets):
+            labels[i, np.asarray([index[n] for n in names])] = 1.0
     else:
         labels = np.asarray([index[names[0]] for names in label_sets], dtype=np.int64)
     files = ImageFiles(tuple(paths), labels, class_names)

@@ -35,6 +35,7 @@ def test_train_predict_evaluate_round_trip(tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["history"]) == {"head", "fine_tune"}
     assert len(metrics["validation"]["confusion_matrix"]) == 3
+    assert metrics["best"]["phase"] in ("head", "fine_tune") and 1 <= metrics["best"]["epoch"] <= 3
     capsys.readouterr()
 
     assert main(["predict", str(out), str(data / "red" / "1.png"), "--top-k", "2", "--json"]) == 0

@@ -51,7 +51,7 @@ def test_fit_learns_and_keeps_both_phases(image_folder):
 
 def test_phases_are_public_steps(image_folder):
     data = tk.load_folder(image_folder, image_size=32, batch_size=8)
-    tuner = _tuner()
+    tuner = _tuner(keep_best=False)  # the last epoch's weights, to see what the fine-tune phase trained
     with pytest.raises(tk.NotFittedError):
         tuner.predict(np.zeros((1, 32, 32, 3)))
     tuner.train_head(data, verbose=0)
@@ -63,6 +63,53 @@ def test_phases_are_public_steps(image_folder):
     assert list(tuner.history) == ["head", "fine_tune"]
     np.testing.assert_array_equal(backbone.get_layer("stem_conv").kernel.numpy(), stem)
     assert not np.allclose(backbone.get_layer("top_conv").kernel.numpy(), top)
+
+
+class WreckAtEpoch(keras.callbacks.Callback):
+    """Scrambles every kernel the fit trains at the start of one epoch: that epoch ends worse."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            rng = np.random.default_rng(0)
+            for weight in self.model.trainable_weights:
+                weight.assign(rng.normal(0, 30, weight.shape).astype("float32"))
+
+
+def test_each_phase_ends_on_its_best_validated_epoch(image_folder):
+    data = tk.load_folder(image_folder, image_size=32, validation_split=0.25, batch_size=8)
+    tuner = _tuner()
+    history = tuner.train_head(data, callbacks=[WreckAtEpoch(FAST_HEAD.epochs - 1)], verbose=0)
+    best = int(np.argmin(history["val_loss"]))
+    assert best < FAST_HEAD.epochs - 1  # the wrecked last epoch is not the best
+    assert tuner.best_epoch == tk.BestEpoch("head", best + 1, history["val_loss"][best])
+    assert tuner.evaluate(data).loss == pytest.approx(min(history["val_loss"]), rel=1e-4)
+    assert tuner.evaluate(data).loss < history["val_loss"][-1]
+
+
+def test_a_fine_tune_phase_that_only_worsens_leaves_the_head_weights(tmp_path, image_folder, caplog):
+    data = tk.load_folder(image_folder, image_size=32, validation_split=0.25, batch_size=8)
+    wrecking = tk.Phase(epochs=2, learning_rate=50.0, policy=tk.UnfreezeAll(), optimizer="sgd")
+    tuner = _tuner(fine_tune_phase=wrecking)
+    tuner.train_head(data, verbose=0)
+    head_weights = [w.copy() for w in tuner.model.get_weights()]
+    head_best = tuner.best_epoch
+    with caplog.at_level(logging.WARNING, logger="transferkit"):
+        history = tuner.fine_tune(data, verbose=0)
+    assert not min(history["val_loss"]) < head_best.val_loss  # the phase did make things worse
+    assert "never beat the best validation loss of phase head" in caplog.text
+    for kept, before in zip(tuner.model.get_weights(), head_weights):
+        np.testing.assert_array_equal(kept, before)
+    assert tuner.best_epoch == head_best
+    tuner.save(tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "transferkit.json").read_text())["best"]["phase"] == "head"
+    loaded = tk.FineTuner.load(tmp_path / "run")
+    assert loaded.best_epoch == head_best
+    for saved, before in zip(loaded.model.get_weights(), head_weights):
+        np.testing.assert_array_equal(saved, before)
 
 
 def test_fine_tune_schedule_warms_up_then_decays():
@@ -161,6 +208,18 @@ def test_a_run_saved_in_format_1_loads_predicts_and_trains_on(tmp_path, image_fo
     assert json.loads((tmp_path / "again" / "transferkit.json").read_text())["format"] == 1  # the layout it has
     again = tk.FineTuner.load(tmp_path / "again")
     np.testing.assert_array_equal(again.predict(pixels).probabilities, loaded.predict(pixels).probabilities)
+
+
+def test_report_metrics_from_one_pass_equal_evaluate(tmp_path, image_folder):
+    data = tk.load_folder(image_folder, image_size=32, validation_split=0.25, batch_size=8)
+    tuner = _tuner(fine_tune_phase=None)
+    tuner.fit(data, verbose=0)
+    metrics = tuner.write_report(data, tmp_path / "run")  # metrics and grid share one prediction pass
+    evaluation = tuner.evaluate(data)
+    assert metrics["validation"]["accuracy"] == evaluation.accuracy
+    assert metrics["validation"]["loss"] == pytest.approx(evaluation.loss, rel=1e-5)
+    assert metrics["validation"]["confusion_matrix"] == evaluation.confusion_matrix.tolist()
+    assert metrics["best"] == tuner.best_epoch.to_dict()
 
 
 def test_multi_label_report_draws_label_sets_without_a_confusion_matrix(tmp_path):

@@ -34,6 +34,7 @@ from transferkit._metrics import Evaluation, Predictions
 from transferkit._model import build_model
 from transferkit._phases import FINE_TUNE_PHASE, HEAD_PHASE, Phase
 from transferkit._public import publish as _publish
+from transferkit._selection import BestEpoch
 from transferkit._tuning import SearchResult, search
 from transferkit.backbones._registry import BackboneSpec, get_backbone, list_backbones, register_backbone
 from transferkit.data._augment import Augment
@@ -50,6 +51,7 @@ __all__ = [
     "Augment",
     "BackboneExistsError",
     "BackboneSpec",
+    "BestEpoch",
     "ConfigError",
     "DataError",
     "Evaluation",

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from transferkit._cache_plan import cached_datasets, plan_cache
@@ -34,6 +35,7 @@ from transferkit._metrics import Evaluation, Predictions, evaluate_outputs
 from transferkit._model import build_model, model_parts
 from transferkit._phases import FINE_TUNE_PHASE, HEAD_PHASE, Phase, steps_per_epoch
 from transferkit._saving import FORMAT, RunMetadata, load_run, save_run
+from transferkit._selection import BestEpoch, BestWeights, Snapshot
 from transferkit._types import (
     Callbacks,
     Color,
@@ -92,6 +94,9 @@ class FineTuner:
         augment_views: With augmented data, cache this many augmented views of each image for
             the head phase instead of augmenting afresh every epoch (0, the default, leaves
             augmented data uncached). Faster, but not the same result: see docs/speed.md.
+        keep_best: After each phase, keep the weights of the epoch with the lowest validation loss
+            over all phases so far (a fine-tune phase that never beats the head phase leaves the
+            head phase's weights); :attr:`best_epoch` says which. ``False`` keeps the last epoch.
 
     Example:
         >>> data = load_folder("photos", image_size=224)
@@ -116,6 +121,7 @@ class FineTuner:
         seed: int | None = None,
         cache: bool | PathLike | FeatureCache = True,
         augment_views: int = 0,
+        keep_best: bool = True,
     ) -> None:
         self.spec = get_backbone(backbone)
         self.weights = weights
@@ -142,6 +148,8 @@ class FineTuner:
         if not isinstance(augment_views, int) or augment_views < 0:
             raise ConfigError(f"Expected augment_views to be an integer >= 0. Received: {augment_views!r}.")
         self.augment_views = augment_views
+        self.keep_best = keep_best
+        self._best: Snapshot | None = None
         if cache is True:
             self.cache: FeatureCache | None = FeatureCache()
         elif cache is False or cache is None:
@@ -259,11 +267,22 @@ class FineTuner:
                      "epoch. FineTuner(cache=False) turns this off.", name, plan.where)
             log.info("Features for phase %s: %s", name, "from the cache" if hit else "computed and cached")
         done = sum(len(next(iter(h.values()), [])) for h in self.history.values())
+        keeper = BestWeights(model, phase=name, previous=self._best)
+        extra = [keeper] if self.keep_best else []
+        if phase.patience is not None:
+            extra.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=phase.patience))
         result = trained.fit(train_ds, validation_data=val_ds, epochs=done + phase.epochs, initial_epoch=done,
-                             callbacks=list(callbacks), class_weight=self._resolve_class_weight(), verbose=verbose,
-                             shuffle=False)  # the pipeline shuffles itself
+                             callbacks=[*callbacks, *extra], class_weight=self._resolve_class_weight(),
+                             verbose=verbose, shuffle=False)  # the pipeline shuffles itself
         self.history[name] = {k: [float(v) for v in values] for k, values in result.history.items()}
+        if self.keep_best:
+            self._best = keeper.restore()
         return self.history[name]
+
+    @property
+    def best_epoch(self) -> BestEpoch | None:
+        """The epoch whose weights the model holds, when they were chosen on validation loss."""
+        return self._best.best if self._best is not None else None
 
     def _compile(self, model: keras.Model, phase: Phase, train: tf.data.Dataset) -> None:
         head = self._head()
@@ -315,10 +334,12 @@ class FineTuner:
             data: ``ImageData`` (its validation split), a ``tf.data.Dataset`` of
                 ``(images, labels)`` batches, or a class folder with the model's classes.
         """
-        model, classes, head = self._require_model(), self._require_classes(), self._head()
-        batches = evaluation_batches(data, class_names=classes, settings=self._image_settings())
-        outputs, labels = outputs_and_labels(model, batches)
-        return evaluate_outputs(outputs, labels, task=head.task, loss=head.loss(), class_names=classes)
+        batches = evaluation_batches(data, class_names=self._require_classes(), settings=self._image_settings())
+        return self._evaluation(*outputs_and_labels(self._require_model(), batches))
+
+    def _evaluation(self, outputs: np.ndarray, labels: np.ndarray) -> Evaluation:
+        head = self._head()
+        return evaluate_outputs(outputs, labels, task=head.task, loss=head.loss(), class_names=self._require_classes())
 
     def predict(self, images: Images, *, batch_size: int = 32) -> Predictions:
         """Class probabilities for image files, a folder of images, arrays or a dataset.
@@ -335,17 +356,22 @@ class FineTuner:
     def write_report(self, data: ImageData, out: PathLike) -> dict[str, Any]:
         """Evaluate on ``data``'s validation split and write metrics.json, labels.txt and the PNGs.
 
-        See :func:`transferkit.report.write_report` for what is written. Returns the metrics.
+        The validation images go through the network once: the metrics and the grid of examples
+        come from the same predictions. See :func:`transferkit.report.write_report` for what is
+        written. Returns the metrics.
         """
         from transferkit.report import write_report  # matplotlib is imported only for reports
 
-        files = data.validation_files
+        files, examples, evaluation = data.validation_files, None, None
+        if files is not None and len(files):
+            examples = self.predict(list(files.paths))
+            evaluation = self._evaluation(examples.probabilities, files.labels)
+        elif data.validation is not None:  # arrays: no files to show
+            evaluation = self.evaluate(data)
         return write_report(
-            out, class_names=self._require_classes(), history=self.history,
-            evaluation=self.evaluate(data) if data.validation is not None else None,
-            examples=self.predict(list(files.paths)) if files is not None and len(files) else None,
-            truth=files.labels if files is not None else None, image_settings=self._image_settings(),
-            skipped=data.skipped,
+            out, class_names=self._require_classes(), history=self.history, evaluation=evaluation,
+            examples=examples, truth=files.labels if files is not None else None,
+            image_settings=self._image_settings(), skipped=data.skipped, best=self.best_epoch,
         )
 
     # ------------------------------------------------------------------ persistence
@@ -359,6 +385,7 @@ class FineTuner:
             weights=None if self.weights is None else str(self.weights), image_size=int(model.input_shape[1]),
             class_names=self._require_classes(), head=self._head().to_config(), resize=self.resize,
             background=self.background, history=self.history,
+            best=self.best_epoch.to_dict() if self.best_epoch is not None else None,
         )
         return save_run(directory, model, meta)
 
@@ -379,5 +406,7 @@ class FineTuner:
                     head=Head.from_config(meta.head), image_size=meta.image_size)
         tuner.model = model
         tuner.resize, tuner.background, tuner.history = meta.resize, meta.background, meta.history
+        if meta.best is not None:  # the saved weights are the best ones: later phases have to beat them
+            tuner._best = Snapshot(BestEpoch(**meta.best), model.get_weights())
         return tuner
 

@@ -29,6 +29,8 @@ class Phase:
             capped at half the phase.
         optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"`` (with momentum 0.9).
         weight_decay: Decoupled weight decay for ``"adamw"``.
+        patience: Stop the phase after this many epochs without a lower validation loss
+            (``None``: run every epoch). Either way the FineTuner keeps the best epoch's weights.
 
     Example:
         >>> Phase(epochs=10, learning_rate=1e-5, policy=UnfreezeTop(4), schedule="cosine")
@@ -41,6 +43,7 @@ class Phase:
     warmup_epochs: float = 0.0
     optimizer: str = "adam"
     weight_decay: float = 1e-4
+    patience: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 0:
@@ -55,6 +58,8 @@ class Phase:
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         if not isinstance(self.warmup_epochs, (int, float)) or self.warmup_epochs < 0:
             raise ConfigError(f"Expected warmup_epochs >= 0. Received: warmup_epochs={self.warmup_epochs!r}.")
+        if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
+            raise ConfigError(f"Expected patience to be an integer >= 1 or None. Received: patience={self.patience!r}.")
 
     def learning_rate_schedule(self, steps_per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
         """The learning rate (constant) or schedule (cosine) for a phase of this many steps per epoch."""

@@ -176,6 +176,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out = Path(o["out"])
     tuner.save(out)
     metrics = tuner.write_report(data, out)
+    if tuner.best_epoch is not None:
+        best = tuner.best_epoch
+        print(f"Kept the weights of epoch {best.epoch} ({best.phase.replace('_', ' ')} phase), the lowest "
+              f"validation loss ({best.val_loss:.4f}).")
     if "validation" in metrics:
         print(f"Validation accuracy: {metrics['validation']['accuracy']:.4f}")
     print(f"Saved the model, metrics.json and plots to {out}")

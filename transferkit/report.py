@@ -18,6 +18,7 @@ import numpy as np
 
 from transferkit._errors import MissingDependencyError
 from transferkit._metrics import MULTI_LABEL_THRESHOLD, Evaluation, Predictions
+from transferkit._selection import BestEpoch
 from transferkit._types import History, PathLike
 from transferkit.data._images import load_image
 from transferkit.data._pipelines import PipelineSettings
@@ -174,6 +175,7 @@ def write_report(
     truth: np.ndarray | None = None,
     image_settings: PipelineSettings | None = None,
     skipped: Sequence[tuple[str, str]] = (),
+    best: BestEpoch | None = None,
     grid: int = 10,
 ) -> dict[str, Any]:
     """Write labels.txt, metrics.json and the PNGs of a run into ``out``; returns the metrics written.
@@ -191,12 +193,15 @@ def write_report(
         image_settings: How the example files are drawn (size, resize mode, background); the
             model's own settings, so the grid shows what the network saw.
         skipped: ``(path, reason)`` of files left out of the data, listed in metrics.json.
+        best: The epoch whose weights the model holds (``FineTuner.best_epoch``), recorded as
+            ``best`` in metrics.json.
         grid: Number of examples in the grid.
     """
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     (root / "labels.txt").write_text("\n".join(class_names) + "\n")
-    metrics: dict[str, Any] = {"history": history, "skipped": [list(s) for s in skipped]}
+    metrics: dict[str, Any] = {"history": history, "skipped": [list(s) for s in skipped],
+                               "best": best.to_dict() if best is not None else None}
     plot_history(history, root / "training_curves.png")
     if evaluation is not None:
         metrics["validation"] = evaluation.to_dict()

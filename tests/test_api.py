@@ -19,6 +19,7 @@ NAMESPACES = ("transferkit.backbones", "transferkit.data", "transferkit.hub", "t
 TOP_LEVEL = {
     # the facade and its recipe
     "FineTuner", "Phase", "HEAD_PHASE", "FINE_TUNE_PHASE", "Evaluation", "Predictions", "BestEpoch",
+    "LearningRateSweep",
     # models, heads, freezing
     "build_model", "Head", "FreezePolicy", "FreezeSummary", "FreezeAll", "UnfreezeTop", "UnfreezeFrom",
     "UnfreezeAll",

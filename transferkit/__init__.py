@@ -30,6 +30,7 @@ from transferkit._features import FeatureCache
 from transferkit._finetuner import FineTuner
 from transferkit._freezing import FreezeAll, FreezePolicy, FreezeSummary, UnfreezeAll, UnfreezeFrom, UnfreezeTop
 from transferkit._heads import Head
+from transferkit._lr_find import LearningRateSweep
 from transferkit._metrics import Evaluation, Predictions
 from transferkit._model import build_model
 from transferkit._phases import FINE_TUNE_PHASE, HEAD_PHASE, Phase
@@ -63,6 +64,7 @@ __all__ = [
     "Head",
     "ImageData",
     "ImageFiles",
+    "LearningRateSweep",
     "MissingDependencyError",
     "NotFittedError",
     "Phase",

@@ -31,6 +31,7 @@ from transferkit._inference import (
     predict_outputs,
     prediction_input,
 )
+from transferkit._lr_find import LearningRateSweep, constant_rate_optimizer, sweep, sweep_values
 from transferkit._metrics import Evaluation, Predictions, evaluate_outputs
 from transferkit._model import build_model, model_parts
 from transferkit._phases import FINE_TUNE_PHASE, HEAD_PHASE, Phase, steps_per_epoch
@@ -278,6 +279,52 @@ class FineTuner:
         if self.keep_best:
             self._best = keeper.restore()
         return self.history[name]
+
+    def find_lr(self, train: TrainData, *, phase: str = "head", start: float = 1e-7, end: float = 10.0,
+                steps: int = 100, beta: float = 0.98, stop_factor: float = 4.0) -> LearningRateSweep:
+        """Sweep the learning rate exponentially over ``steps`` batches and suggest one.
+
+        The model is built (if needed) and frozen as ``phase`` would freeze it, trained one batch
+        per learning rate from ``start`` to ``end`` (on cached features where the phase would use
+        them), and put back exactly as it was: weights, history and best epoch are unchanged.
+
+        Args:
+            train: Training data, as for :meth:`fit`.
+            phase: ``"head"`` (the head phase's freezing and optimizer) or ``"fine_tune"``.
+            start: The first learning rate of the sweep.
+            end: The last learning rate of the sweep (it stops earlier if the loss diverges).
+            steps: Batches in the sweep (the data repeats as needed).
+            beta: Smoothing of the recorded loss (exponential moving average).
+            stop_factor: Stop once the smoothed loss exceeds this many times the best.
+
+        Example:
+            >>> tuner.find_lr(data).suggestion
+            0.0012
+        """
+        check_choice("phase", phase, ("head", "fine_tune"))
+        if not (0 < start < end) or not isinstance(steps, int) or steps < 2:
+            raise ConfigError(f"Expected 0 < start < end and steps >= 2. Received: start={start!r}, end={end!r}, "
+                              f"steps={steps!r}.")
+        chosen = self.head_phase if phase == "head" else (self.fine_tune_phase or FINE_TUNE_PHASE)
+        batches = self._bind(train, None)
+        model = self.build()
+        chosen.policy.apply(model, self.spec, clamp=True)
+        before = model.get_weights()
+        trained, train_ds = model, batches.train
+        plan = plan_cache(model, batches.data, self.cache, augment_views=self.augment_views, callbacks=())
+        if plan is not None and batches.data is not None and self.cache is not None:
+            train_ds, _, _ = cached_datasets(plan, batches.data, self.cache, progress=False)
+            trained = plan.trainable
+        trained.compile(optimizer=constant_rate_optimizer(chosen.make_optimizer(1)), loss=self._head().loss())
+        try:
+            rates, losses = sweep(trained, train_ds, start=start, end=end, steps=steps, beta=beta,
+                                  stop_factor=stop_factor)
+        finally:
+            model.set_weights(before)
+        result = sweep_values(rates, losses, phase=phase)
+        log.info("Learning-rate sweep (%s phase, %d steps): suggested learning rate %.3g", phase, len(rates),
+                 result.suggestion)
+        return result
 
     @property
     def best_epoch(self) -> BestEpoch | None:

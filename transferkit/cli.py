@@ -3,6 +3,7 @@
     transferkit backbones [--filter TEXT] [--json]
     transferkit train DATA_DIR --backbone NAME --weights imagenet|none|PATH [--out RUN_DIR] [--config F] …
     transferkit demo [--out DIR]
+    transferkit lr-find DATA_DIR --backbone NAME --weights W [--phase head|fine-tune] [--out DIR]
     transferkit tune DATA_DIR --backbone NAME --weights W [--max-trials 20] [--tuner random|bayesian|hyperband]
     transferkit evaluate RUN_DIR DATA_DIR
     transferkit predict RUN_DIR IMAGE_OR_DIR [--top-k 3] [--json]
@@ -219,6 +220,31 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_lr_find(args: argparse.Namespace) -> int:
+    import transferkit as tk
+    from transferkit.report import plot_lr_find
+
+    spec = tk.get_backbone(args.backbone or DEFAULT_BACKBONE)
+    options: dict[str, Any] = {"image_size": args.image_size or spec.input_size}
+    for key in ("batch_size", "seed"):
+        if getattr(args, key) is not None:
+            options[key] = getattr(args, key)
+    data = tk.load_folder(args.data_dir, progress=True, **options)
+    tuner = tk.FineTuner(spec, weights=_weights(args.weights), seed=data.settings.seed)
+    phase = args.phase.replace("-", "_")
+    print(f"Sweeping the learning rate of the {args.phase} phase of {spec.name} over {args.steps} batches "
+          f"({data.num_train} training images)")
+    result = tuner.find_lr(data, phase=phase, steps=args.steps)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    plot_lr_find(result, out / "lr_find.png")
+    (out / "lr_find.json").write_text(json.dumps(result.to_dict(), indent=2))
+    print(f"suggested learning rate: {result.suggestion:.3g}")
+    flag = "--learning-rate" if phase == "head" else "--fine-tune-learning-rate"
+    print(f"Wrote {out / 'lr_find.png'} and lr_find.json; pass it to `transferkit train` as {flag}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from transferkit._demo import run_demo
 
@@ -312,6 +338,18 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--out", default="tune", help="run folder; running again on it resumes the search")
     p.set_defaults(func=_cmd_tune)
+
+    p = sub.add_parser("lr-find", help="sweep the learning rate and suggest one (writes lr_find.png)")
+    p.add_argument("data_dir")
+    p.add_argument("--backbone", help=f"registry name (default {DEFAULT_BACKBONE})")
+    p.add_argument("--weights", default="imagenet", help="'imagenet', 'none' or a weights file")
+    p.add_argument("--phase", default="head", choices=["head", "fine-tune"], help="which phase's learning rate")
+    p.add_argument("--steps", type=int, default=100, help="batches in the sweep")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", default="lr_find", help="folder for lr_find.png and lr_find.json")
+    p.set_defaults(func=_cmd_lr_find)
 
     p = sub.add_parser("demo", help="the whole job offline: fine-tune the shipped MobileNet on shipped photos")
     p.add_argument("--out", default="transferkit-demo", help="folder for the data, the run and its report")

@@ -4,6 +4,7 @@
 * :func:`plot_confusion_matrix` — counts, true class down, predicted class across;
 * :func:`plot_predictions` — a grid of validation images titled "predicted (true)", mistakes in red;
 * :func:`plot_scores` — the trials of a search;
+* :func:`plot_lr_find` — a learning-rate sweep and its suggestion;
 * :func:`write_report` — all of them plus ``metrics.json`` and ``labels.txt`` for one run.
 """
 
@@ -17,13 +18,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from transferkit._errors import MissingDependencyError
+from transferkit._lr_find import LearningRateSweep
 from transferkit._metrics import MULTI_LABEL_THRESHOLD, Evaluation, Predictions
 from transferkit._selection import BestEpoch
 from transferkit._types import History, PathLike
 from transferkit.data._images import load_image
 from transferkit.data._pipelines import PipelineSettings
 
-__all__ = ["plot_confusion_matrix", "plot_history", "plot_predictions", "plot_scores", "write_report"]
+__all__ = ["plot_confusion_matrix", "plot_history", "plot_lr_find", "plot_predictions", "plot_scores", "write_report"]
 
 if TYPE_CHECKING:
     from transferkit._tuning import SearchResult
@@ -141,6 +143,22 @@ def plot_scores(result: SearchResult, path: PathLike) -> Path:
     ax.set_ylabel("validation accuracy")
     ax.set_title("Hyperparameter search")
     ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_lr_find(result: LearningRateSweep, path: PathLike) -> Path:
+    """Smoothed loss against learning rate (log scale) of a learning-rate sweep, suggestion marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(result.learning_rates, result.losses, "-", color="tab:blue")
+    ax.axvline(result.suggestion, color="tab:red", linestyle="--", linewidth=1)
+    ax.text(result.suggestion, 0.98, f" suggested {result.suggestion:.2g}", transform=ax.get_xaxis_transform(),
+            va="top", color="tab:red", fontsize=9)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss (smoothed)")
+    ax.set_title(f"Learning-rate sweep ({result.phase.replace('_', '-')} phase)")
     fig.tight_layout()
     return _save(fig, path)
 

@@ -26,7 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
 import numpy as np
-from common import MOBILENET_NOTOP, SHARED, print_report, stratified_folds, write_fashion_subset
+from common import MOBILENET_NOTOP, SHARED, print_report, shared_missing, stratified_folds, write_fashion_subset
 
 import transferkit as tk
 
@@ -68,8 +68,7 @@ def main() -> int:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
-    if not MOBILENET_NOTOP.is_file():
-        print(f"error: {MOBILENET_NOTOP} not found; this benchmark needs ../shared", file=sys.stderr)
+    if shared_missing():
         return 2
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,14 @@ def write_fashion_subset(out: Path, per_class: int, seed: int = 0) -> Path:
         for i in rng.choice(np.flatnonzero(labels == c), per_class, replace=False):
             Image.fromarray(images[i], "L").save(out / name / f"{i}.png")
     return out
+
+
+def shared_missing() -> bool:
+    """True, after one error line, when ../shared's MobileNet weights are not there."""
+    if MOBILENET_NOTOP.is_file():
+        return False
+    print(f"error: {MOBILENET_NOTOP} not found; this benchmark needs ../shared", file=sys.stderr)
+    return True
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from common import MOBILENET_NOTOP, write_fashion_subset
+from common import MOBILENET_NOTOP, shared_missing, write_fashion_subset
 
 import transferkit as tk
 
@@ -31,8 +31,7 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--per-class", type=int, default=50)
     args = parser.parse_args()
-    if not MOBILENET_NOTOP.is_file():
-        print(f"error: {MOBILENET_NOTOP} not found; this benchmark needs ../shared", file=sys.stderr)
+    if shared_missing():
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         data = tk.load_folder(write_fashion_subset(Path(tmp) / "data", per_class=args.per_class), image_size=96)

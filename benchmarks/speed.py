@@ -27,7 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
 import tensorflow as tf
-from common import MOBILENET_NOTOP, SHARED, print_report, write_fashion_subset
+from common import MOBILENET_NOTOP, SHARED, print_report, shared_missing, write_fashion_subset
 
 import transferkit as tk
 
@@ -164,8 +164,7 @@ def main() -> int:
     parser.add_argument("--per-class", type=int, default=200, help="Fashion-MNIST images per class")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
-    if not MOBILENET_NOTOP.is_file():
-        print(f"error: {MOBILENET_NOTOP} not found; this benchmark needs ../shared", file=sys.stderr)
+    if shared_missing():
         return 2
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -36,7 +36,7 @@ def test_train_predict_evaluate_round_trip(tmp_path, capsys):
     assert set(metrics["history"]) == {"head", "fine_tune"}
     assert len(metrics["validation"]["confusion_matrix"]) == 3
     assert metrics["best"]["phase"] in ("head", "fine_tune") and 1 <= metrics["best"]["epoch"] <= 3
-    capsys.readouterr()
+    assert "Kept the weights of the best validated epoch" in capsys.readouterr().out
 
     assert main(["predict", str(out), str(data / "red" / "1.png"), "--top-k", "2", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -52,6 +52,16 @@ def test_train_predict_evaluate_round_trip(tmp_path, capsys):
     assert main(["evaluate", str(out), str(data), "--json"]) == 0
     evaluation = json.loads(capsys.readouterr().out)
     assert sum(map(sum, evaluation["confusion_matrix"])) == 24
+
+
+def test_keep_last_keeps_the_last_epoch(tmp_path, capsys):
+    data = write_image_folder(tmp_path / "data", per_class=6)
+    out = tmp_path / "run"
+    assert main(["train", str(data), "--backbone", "tiny_cnn", "--weights", "imagenet", "--epochs", "2",
+                 "--fine-tune-epochs", "0", "--keep-last", "--out", str(out)]) == 0
+    assert "Kept the weights" not in capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text())["best"] is None
+    assert json.loads((out / "transferkit.json").read_text())["best"] is None
 
 
 def test_user_mistakes_print_one_line_and_exit_2(tmp_path, capsys):

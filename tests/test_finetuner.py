@@ -83,11 +83,15 @@ def test_each_phase_ends_on_its_best_validated_epoch(image_folder):
     data = tk.load_folder(image_folder, image_size=32, validation_split=0.25, batch_size=8)
     tuner = _tuner()
     history = tuner.train_head(data, callbacks=[WreckAtEpoch(FAST_HEAD.epochs - 1)], verbose=0)
-    best = int(np.argmin(history["val_loss"]))
-    assert best < FAST_HEAD.epochs - 1  # the wrecked last epoch is not the best
-    assert tuner.best_epoch == tk.BestEpoch("head", best + 1, history["val_loss"][best])
-    assert tuner.evaluate(data).loss == pytest.approx(min(history["val_loss"]), rel=1e-4)
-    assert tuner.evaluate(data).loss < history["val_loss"][-1]
+    accuracy, loss = history["val_accuracy"], history["val_loss"]
+    assert loss[-1] > min(loss) and accuracy[-1] < max(accuracy)  # the wrecked last epoch is not the best
+    best = tuner.best_epoch
+    assert best.phase == "head" and best.epoch < FAST_HEAD.epochs
+    assert best.val_accuracy == accuracy[best.epoch - 1] == max(accuracy)  # highest accuracy first …
+    assert best.val_loss == min(v for v, a in zip(loss, accuracy) if a == max(accuracy))  # … then lowest loss
+    evaluation = tuner.evaluate(data)  # and the model holds that epoch's weights
+    assert evaluation.loss == pytest.approx(best.val_loss, rel=1e-4)
+    assert evaluation.accuracy == pytest.approx(best.val_accuracy)
 
 
 def test_a_fine_tune_phase_that_only_worsens_leaves_the_head_weights(tmp_path, image_folder, caplog):
@@ -99,8 +103,8 @@ def test_a_fine_tune_phase_that_only_worsens_leaves_the_head_weights(tmp_path, i
     head_best = tuner.best_epoch
     with caplog.at_level(logging.WARNING, logger="transferkit"):
         history = tuner.fine_tune(data, verbose=0)
-    assert not min(history["val_loss"]) < head_best.val_loss  # the phase did make things worse
-    assert "never beat the best validation loss of phase head" in caplog.text
+    assert all((a, -v) <= head_best.score for a, v in zip(history["val_accuracy"], history["val_loss"]))
+    assert "never beat the best validated epoch of phase head" in caplog.text
     for kept, before in zip(tuner.model.get_weights(), head_weights):
         np.testing.assert_array_equal(kept, before)
     assert tuner.best_epoch == head_best

@@ -95,9 +95,10 @@ class FineTuner:
         augment_views: With augmented data, cache this many augmented views of each image for
             the head phase instead of augmenting afresh every epoch (0, the default, leaves
             augmented data uncached). Faster, but not the same result: see docs/speed.md.
-        keep_best: After each phase, keep the weights of the epoch with the lowest validation loss
-            over all phases so far (a fine-tune phase that never beats the head phase leaves the
-            head phase's weights); :attr:`best_epoch` says which. ``False`` keeps the last epoch.
+        keep_best: After each phase, keep the weights of the best validated epoch over all phases
+            so far — highest validation accuracy, ties to the lower loss — so a fine-tune phase
+            that never beats the head phase leaves the head phase's weights; :attr:`best_epoch`
+            says which. ``False`` keeps the last epoch.
 
     Example:
         >>> data = load_folder("photos", image_size=224)
@@ -271,7 +272,8 @@ class FineTuner:
         keeper = BestWeights(model, phase=name, previous=self._best)
         extra = [keeper] if self.keep_best else []
         if phase.patience is not None:
-            extra.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=phase.patience))
+            monitor = "val_loss" if self._head().task == "regression" else "val_accuracy"
+            extra.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=phase.patience))
         result = trained.fit(train_ds, validation_data=val_ds, epochs=done + phase.epochs, initial_epoch=done,
                              callbacks=[*callbacks, *extra], class_weight=self._resolve_class_weight(),
                              verbose=verbose, shuffle=False)  # the pipeline shuffles itself

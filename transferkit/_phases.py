@@ -29,8 +29,9 @@ class Phase:
             capped at half the phase.
         optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"`` (with momentum 0.9).
         weight_decay: Decoupled weight decay for ``"adamw"``.
-        patience: Stop the phase after this many epochs without a lower validation loss
-            (``None``: run every epoch). Either way the FineTuner keeps the best epoch's weights.
+        patience: Stop the phase after this many epochs without a better validation accuracy
+            (validation loss for regression heads); ``None`` runs every epoch. Either way the
+            FineTuner keeps the best epoch's weights.
 
     Example:
         >>> Phase(epochs=10, learning_rate=1e-5, policy=UnfreezeTop(4), schedule="cosine")

@@ -87,6 +87,7 @@ def _train_defaults() -> dict[str, Any]:
         "validation_split": None,
         "augment": False,
         "balanced": False,
+        "keep_last": False,
         "seed": None,
         "out": "run",
     }
@@ -170,7 +171,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         fine = dataclasses.replace(fine, policy=tk.UnfreezeTop(o["unfreeze_blocks"]))
     tuner = tk.FineTuner(spec, weights=_weights(str(o["weights"])), head_phase=head_phase,
                          fine_tune_phase=fine if fine.epochs else None, seed=data.settings.seed,
-                         class_weight="balanced" if o["balanced"] else None)
+                         class_weight="balanced" if o["balanced"] else None, keep_best=not o["keep_last"])
     print(f"Training {spec.name} on {data.num_train} images ({data.num_validation} for validation), "
           f"classes: {', '.join(data.class_names)}")
     tuner.fit(data)
@@ -178,9 +179,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     tuner.save(out)
     metrics = tuner.write_report(data, out)
     if tuner.best_epoch is not None:
-        best = tuner.best_epoch
-        print(f"Kept the weights of epoch {best.epoch} ({best.phase.replace('_', ' ')} phase), the lowest "
-              f"validation loss ({best.val_loss:.4f}).")
+        print(f"Kept the weights of the best validated {tuner.best_epoch.describe()}.")
     if "validation" in metrics:
         print(f"Validation accuracy: {metrics['validation']['accuracy']:.4f}")
     print(f"Saved the model, metrics.json and plots to {out}")
@@ -321,6 +320,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validation-split", type=float)
     p.add_argument("--augment", action="store_true", default=None, help="random flips, rotation, zoom, contrast")
     p.add_argument("--balanced", action="store_true", default=None, help="weight classes by inverse frequency")
+    p.add_argument("--keep-last", action="store_true", default=None,
+                   help="keep the last epoch's weights instead of the best validated epoch's")
     p.add_argument("--seed", type=int)
     p.add_argument("--out", help="folder for the model, labels, metrics and plots (default ./run)")
     p.set_defaults(func=_cmd_train)

@@ -111,8 +111,10 @@ class BestWeights(keras.callbacks.Callback):
             return own
         if previous is None:
             return None  # every validation loss of the only phase was not finite: nothing better to go back to
-        log.warning("Phase %s never beat the best validated epoch of phase %s (its best: %s): keeping the "
-                    "weights of %s.", self._phase, previous.best.phase,
-                    own.best.describe() if own is not None else "no finite loss", previous.best.describe())
+        tie = own is not None and own.best.score == previous.best.score
+        (log.info if tie else log.warning)(
+            "Phase %s never beat the best validated epoch of phase %s (its best: %s): keeping the weights of %s.",
+            self._phase, previous.best.phase, own.best.describe() if own is not None else "no finite loss",
+            previous.best.describe())
         self._target.set_weights(previous.weights)
         return previous

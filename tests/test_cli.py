@@ -70,6 +70,8 @@ def test_user_mistakes_print_one_line_and_exit_2(tmp_path, capsys):
         ["train", str(tmp_path), "--backbone", "mobilenetv9", "--weights", "none"],
         ["train", str(tmp_path), "--backbone", "tiny_cnn", "--weights", "nothing.h5"],
         ["predict", str(tmp_path), "x.png"],
+        ["lr-find", str(tmp_path / "missing"), "--backbone", "tiny_cnn", "--weights", "none"],
+        ["lr-find", str(tmp_path), "--backbone", "tiny_cnn", "--weights", "none", "--steps", "1"],
     ]
     for argv in cases:
         assert main(argv) == 2, argv

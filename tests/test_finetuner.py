@@ -218,8 +218,13 @@ def test_report_metrics_from_one_pass_equal_evaluate(tmp_path, image_folder):
     data = tk.load_folder(image_folder, image_size=32, validation_split=0.25, batch_size=8)
     tuner = _tuner(fine_tune_phase=None)
     tuner.fit(data, verbose=0)
-    metrics = tuner.write_report(data, tmp_path / "run")  # metrics and grid share one prediction pass
     evaluation = tuner.evaluate(data)
+
+    def no_second_pass(*args, **kwargs):
+        raise AssertionError("write_report ran the validation images through the network twice")
+
+    tuner.evaluate = no_second_pass  # the metrics must come from the predictions made for the grid
+    metrics = tuner.write_report(data, tmp_path / "run")
     assert metrics["validation"]["accuracy"] == evaluation.accuracy
     assert metrics["validation"]["loss"] == pytest.approx(evaluation.loss, rel=1e-5)
     assert metrics["validation"]["confusion_matrix"] == evaluation.confusion_matrix.tolist()
@@ -255,3 +260,33 @@ def test_real_weights_on_real_photos_fit_save_load_predict(tmp_path):
     loaded = tk.FineTuner.load(tmp_path / "run")
     paths = list(data.validation_files.paths[:8])
     np.testing.assert_array_equal(tuner.predict(paths).probabilities, loaded.predict(paths).probabilities)
+
+
+def test_keep_last_and_patience(image_folder, tmp_path):
+    data = tk.load_folder(image_folder, image_size=32, validation_split=0.25, batch_size=8)
+    tuner = _tuner(fine_tune_phase=None)
+    tuner.fit(data, verbose=0)
+    assert tuner.best_epoch is not None
+    tuner.save(tmp_path / "run")
+    loaded = tk.FineTuner.load(tmp_path / "run")
+    assert loaded.best_epoch == tuner.best_epoch  # where the saved weights came from
+    loaded.keep_best = False
+    loaded.fine_tune(data, phase=dataclasses.replace(FAST_TUNE, epochs=1), verbose=0)
+    assert loaded.best_epoch is None  # the last epoch's weights now, not the saved run's
+
+    patient = _tuner(head_phase=dataclasses.replace(FAST_HEAD, epochs=30, patience=2), fine_tune_phase=None)
+    history = patient.fit(data, verbose=0)["head"]
+    assert len(history["loss"]) < 30  # stopped once the validation accuracy stopped rising
+    best = max(history["val_accuracy"])
+    assert history["val_accuracy"][-3] == best and max(history["val_accuracy"][-2:]) <= best
+    no_validation = tk.load_folder(image_folder, image_size=32, validation_split=0.0, batch_size=8)
+    with pytest.raises(tk.ConfigError, match="no validation data"):
+        _tuner(head_phase=dataclasses.replace(FAST_HEAD, patience=2)).fit(no_validation, verbose=0)
+
+
+def test_multi_label_heads_keep_the_epoch_with_the_lowest_validation_loss(tmp_path):
+    data = _multi_label_data(write_image_folder(tmp_path / "data", per_class=6), tmp_path / "multi.csv")
+    tagger = _tuner(fine_tune_phase=None)
+    history = tagger.fit(data, callbacks=[WreckAtEpoch(FAST_HEAD.epochs - 1)], verbose=0)["head"]
+    assert tagger.best_epoch.val_accuracy is None  # per-label accuracy is not what ranks them
+    assert tagger.best_epoch.val_loss == min(history["val_loss"])

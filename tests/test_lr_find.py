@@ -76,3 +76,35 @@ def test_lr_find_command_writes_plot_and_json(data, tmp_path, capsys):
     assert main(["lr-find", folder, "--backbone", "tiny_cnn", "--weights", "imagenet", "--phase", "fine-tune",
                  "--steps", "20", "--out", str(out)]) == 0
     assert json.loads((out / "lr_find.json").read_text())["phase"] == "fine_tune"
+
+
+@pytest.mark.parametrize("cache", [True, False], ids=["cached", "uncached"])
+def test_fit_after_a_sweep_is_the_fit_without_it(tmp_path, cache):
+    # (augmented pipelines are left out: their random draws differ from run to run in one process anyway)
+    folder = write_image_folder(tmp_path / "data", per_class=8)
+
+    def run(sweep_first):
+        data = tk.load_folder(folder, image_size=32, batch_size=8)
+        tuner = tk.FineTuner("tiny_cnn", weights="imagenet", seed=0, cache=cache,
+                             head_phase=tk.Phase(epochs=2, learning_rate=1e-2, policy=tk.FreezeAll()),
+                             fine_tune_phase=tk.Phase(epochs=1, learning_rate=1e-3, policy=tk.UnfreezeTop(1)))
+        if sweep_first:
+            tuner.find_lr(data, steps=20)
+        tuner.fit(data, verbose=0)
+        return tuner
+
+    plain, swept = run(False), run(True)
+    assert swept.history == plain.history
+    for a, b in zip(swept.model.get_weights(), plain.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_sweep_puts_back_the_trainable_flags(data):
+    tuner = tk.FineTuner("tiny_cnn", weights="imagenet", seed=0,
+                         fine_tune_phase=tk.Phase(epochs=1, learning_rate=1e-3, policy=tk.UnfreezeTop(1)))
+    tuner.fine_tune(data, verbose=0)
+    backbone = tuner.model.get_layer("backbone")
+    flags = [layer.trainable for layer in backbone.layers]
+    assert any(flags)
+    tuner.find_lr(data, phase="head", steps=10)  # the head sweep freezes the whole backbone while it runs
+    assert [layer.trainable for layer in backbone.layers] == flags

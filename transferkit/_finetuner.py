@@ -23,6 +23,7 @@ import tensorflow as tf
 from transferkit._cache_plan import cached_datasets, plan_cache
 from transferkit._errors import ConfigError, DataError, NotFittedError, check_choice
 from transferkit._features import FeatureCache
+from transferkit._freezing import FreezeState
 from transferkit._heads import Head
 from transferkit._inference import (
     evaluation_batches,
@@ -31,7 +32,7 @@ from transferkit._inference import (
     predict_outputs,
     prediction_input,
 )
-from transferkit._lr_find import LearningRateSweep, constant_rate_optimizer, sweep, sweep_values
+from transferkit._lr_find import LearningRateSweep, constant_rate_optimizer, sweep, sweep_batches, sweep_values
 from transferkit._metrics import Evaluation, Predictions, evaluate_outputs
 from transferkit._model import build_model, model_parts
 from transferkit._phases import FINE_TUNE_PHASE, HEAD_PHASE, Phase, steps_per_epoch
@@ -152,6 +153,7 @@ class FineTuner:
         self.augment_views = augment_views
         self.keep_best = keep_best
         self._best: Snapshot | None = None
+        self._loaded_best: BestEpoch | None = None
         if cache is True:
             self.cache: FeatureCache | None = FeatureCache()
         elif cache is False or cache is None:
@@ -269,17 +271,22 @@ class FineTuner:
                      "epoch. FineTuner(cache=False) turns this off.", name, plan.where)
             log.info("Features for phase %s: %s", name, "from the cache" if hit else "computed and cached")
         done = sum(len(next(iter(h.values()), [])) for h in self.history.values())
-        keeper = BestWeights(model, phase=name, previous=self._best)
-        extra = [keeper] if self.keep_best else []
+        by_accuracy = self._head().task == "single_label"
+        keeper = BestWeights(model, phase=name, previous=self._best, by_accuracy=by_accuracy)
+        extra: list[keras.callbacks.Callback] = [keeper] if self.keep_best else []
         if phase.patience is not None:
-            monitor = "val_loss" if self._head().task == "regression" else "val_accuracy"
-            extra.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=phase.patience))
+            if val_ds is None:
+                raise ConfigError(f"Phase(patience={phase.patience}) stops on validation results, but phase {name!r} "
+                                  "has no validation data. Load data with validation_split > 0, pass validation=…, "
+                                  "or leave patience=None.")
+            extra.append(keras.callbacks.EarlyStopping(monitor="val_accuracy" if by_accuracy else "val_loss",
+                                                       patience=phase.patience))
         result = trained.fit(train_ds, validation_data=val_ds, epochs=done + phase.epochs, initial_epoch=done,
                              callbacks=[*callbacks, *extra], class_weight=self._resolve_class_weight(),
                              verbose=verbose, shuffle=False)  # the pipeline shuffles itself
         self.history[name] = {k: [float(v) for v in values] for k, values in result.history.items()}
-        if self.keep_best:
-            self._best = keeper.restore()
+        self._best = keeper.restore() if self.keep_best else None  # None: the last epoch's weights
+        self._loaded_best = None  # the weights no longer come from the saved run
         return self.history[name]
 
     def find_lr(self, train: TrainData, *, phase: str = "head", start: float = 1e-7, end: float = 10.0,
@@ -288,7 +295,15 @@ class FineTuner:
 
         The model is built (if needed) and frozen as ``phase`` would freeze it, trained one batch
         per learning rate from ``start`` to ``end`` (on cached features where the phase would use
-        them), and put back exactly as it was: weights, history and best epoch are unchanged.
+        them), and put back as it was: variables (random-number states included), trainable flags,
+        compiled state, history and best epoch. With ImageData the sweep draws its own shuffled,
+        unaugmented batches and leaves the training pipeline alone, so a later :meth:`fit` on
+        unaugmented data gives exactly the result it would have without the sweep; a
+        ``tf.data.Dataset`` is iterated as given (its shuffling moves on).
+
+        For ``phase="fine_tune"``, train the head first (:meth:`train_head`): a sweep that starts
+        from a random head measures the head, not the fine-tuning (``transferkit lr-find --phase
+        fine-tune`` does this for you).
 
         Args:
             train: Training data, as for :meth:`fit`.
@@ -310,9 +325,13 @@ class FineTuner:
         chosen = self.head_phase if phase == "head" else (self.fine_tune_phase or FINE_TUNE_PHASE)
         batches = self._bind(train, None)
         model = self.build()
+        # everything the sweep touches, to put back: variables (random-number states included),
+        # trainable flags, and the compiled state
+        variables = [v.numpy() for v in model.variables]
+        flags = FreezeState.of(model)
+        compiled = model.get_compile_config() if getattr(model, "compiled", False) else None
         chosen.policy.apply(model, self.spec, clamp=True)
-        before = model.get_weights()
-        trained, train_ds = model, batches.train
+        trained, train_ds = model, sweep_batches(batches.train, batches.data)
         plan = plan_cache(model, batches.data, self.cache, augment_views=self.augment_views, callbacks=())
         if plan is not None and batches.data is not None and self.cache is not None:
             train_ds, _, _ = cached_datasets(plan, batches.data, self.cache, progress=False)
@@ -322,7 +341,11 @@ class FineTuner:
             rates, losses = sweep(trained, train_ds, start=start, end=end, steps=steps, beta=beta,
                                   stop_factor=stop_factor)
         finally:
-            model.set_weights(before)
+            for variable, value in zip(model.variables, variables):
+                variable.assign(value)
+            flags.restore()
+            if compiled is not None:
+                model.compile_from_config(compiled)
         result = sweep_values(rates, losses, phase=phase)
         log.info("Learning-rate sweep (%s phase, %d steps): suggested learning rate %.3g", phase, len(rates),
                  result.suggestion)
@@ -330,8 +353,10 @@ class FineTuner:
 
     @property
     def best_epoch(self) -> BestEpoch | None:
-        """The epoch whose weights the model holds, when they were chosen on validation loss."""
-        return self._best.best if self._best is not None else None
+        """The epoch whose weights the model holds, when they were chosen on validation results."""
+        if self._best is not None:
+            return self._best.best
+        return self._loaded_best
 
     def _compile(self, model: keras.Model, phase: Phase, train: tf.data.Dataset) -> None:
         head = self._head()
@@ -456,6 +481,7 @@ class FineTuner:
         tuner.model = model
         tuner.resize, tuner.background, tuner.history = meta.resize, meta.background, meta.history
         if meta.best is not None:  # the saved weights are the best ones: later phases have to beat them
-            tuner._best = Snapshot(BestEpoch(**meta.best), model.get_weights())
+            # where the saved weights came from; new training is judged on its own validation data
+            tuner._loaded_best = BestEpoch(**meta.best)
         return tuner
 

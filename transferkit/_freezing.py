@@ -44,6 +44,27 @@ class FreezeSummary:
     policy: FreezePolicy | None = None
 
 
+@dataclass(frozen=True)
+class FreezeState:
+    """The trainable flags of a model's backbone, to put back after a temporary change."""
+
+    flags: tuple[tuple[keras.layers.Layer, bool], ...]
+    pass_training: tuple[tuple[HubLayer, bool], ...]
+
+    @classmethod
+    def of(cls, model: keras.Model) -> FreezeState:
+        net = backbone_of(model)
+        layers = [net, *net.layers]
+        return cls(tuple((layer, layer.trainable) for layer in layers),
+                   tuple((layer, layer.pass_training) for layer in layers if isinstance(layer, HubLayer)))
+
+    def restore(self) -> None:
+        for layer, trainable in self.flags:
+            layer.trainable = trainable
+        for hub_layer, passed in self.pass_training:
+            hub_layer.pass_training = passed
+
+
 def _count(weights: list) -> int:
     return int(sum(np.prod(w.shape) for w in weights))
 

@@ -17,6 +17,9 @@ from dataclasses import dataclass
 import keras
 import tensorflow as tf
 
+from transferkit._errors import ConfigError, DataError
+from transferkit.data._loaders import ImageData
+
 
 @dataclass(frozen=True)
 class LearningRateSweep:
@@ -60,6 +63,16 @@ def longest_fall(losses: list[float]) -> tuple[int, int]:
     return end - length[end] + 1, end
 
 
+def sweep_batches(train: tf.data.Dataset, data: ImageData | None) -> tf.data.Dataset:
+    """The batches a sweep trains on: for ImageData, a shuffled copy of its unaugmented training split
+    with a shuffle of its own, so that the training pipeline's order is not moved on by the sweep."""
+    if data is None or data.train_ordered is None:
+        return train
+    settings = data.settings
+    return (data.train_ordered.unbatch().shuffle(max(1, data.num_train), seed=settings.seed)
+            .batch(settings.batch_size).prefetch(tf.data.AUTOTUNE))
+
+
 def _batches(dataset: tf.data.Dataset) -> Iterator[tuple[tf.Tensor, tf.Tensor]]:
     while True:  # as many passes as the sweep needs
         empty = True
@@ -67,7 +80,7 @@ def _batches(dataset: tf.data.Dataset) -> Iterator[tuple[tf.Tensor, tf.Tensor]]:
             empty = False
             yield batch
         if empty:
-            raise ValueError("The training data is empty.")
+            raise DataError("The training data is empty: there is nothing to sweep the learning rate on.")
 
 
 def sweep(model: keras.Model, dataset: tf.data.Dataset, *, start: float, end: float, steps: int, beta: float,
@@ -101,7 +114,8 @@ def sweep(model: keras.Model, dataset: tf.data.Dataset, *, start: float, end: fl
 def suggest(rates: list[float], losses: list[float]) -> float:
     """The learning rate in the middle of the longest falling stretch of ``losses``."""
     if len(losses) < 2:
-        raise ValueError("The sweep ended after fewer than two steps: start from a lower learning rate.")
+        raise ConfigError("The sweep ended after fewer than two steps (the loss diverged at once): start it "
+                          "from a lower learning rate.")
     first, last = longest_fall(losses)
     return float(rates[first + (last - first) // 2])
 

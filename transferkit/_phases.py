@@ -30,8 +30,9 @@ class Phase:
         optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"`` (with momentum 0.9).
         weight_decay: Decoupled weight decay for ``"adamw"``.
         patience: Stop the phase after this many epochs without a better validation accuracy
-            (validation loss for regression heads); ``None`` runs every epoch. Either way the
-            FineTuner keeps the best epoch's weights.
+            (validation loss for multi-label and regression heads); ``None`` runs every epoch.
+            Needs validation data. Which weights are kept afterwards is the FineTuner's
+            ``keep_best``.
 
     Example:
         >>> Phase(epochs=10, learning_rate=1e-5, policy=UnfreezeTop(4), schedule="cosine")

@@ -4,8 +4,8 @@ The last epoch of a phase is not always its best, and fine-tuning can make a mod
 weights a :class:`~transferkit.FineTuner` ends with (and saves) are those of the best validated
 epoch over all phases run so far. Without validation data the last weights are kept.
 
-"Best" is the highest validation accuracy, ties going to the lower validation loss (models without
-an accuracy metric, such as regression heads: the lowest validation loss). Validation loss alone
+"Best" is the highest validation accuracy, ties going to the lower validation loss, for
+single-label classifiers; the lowest validation loss for multi-label and regression heads. Validation loss alone
 picks badly across phases: fine-tuning makes a classifier more confident, which can raise the
 loss on a small validation split while accuracy rises — on three held-out Fashion-MNIST tasks
 (50 images per class) choosing by loss kept the head-phase weights twice and lost 3–6 points of
@@ -74,10 +74,14 @@ class BestWeights(keras.callbacks.Callback):
         model: The whole model whose weights to keep.
         phase: Name of the phase being run.
         previous: The best of the earlier phases, which this phase has to beat.
+        by_accuracy: Rank epochs by validation accuracy first (single-label heads). Otherwise by
+            validation loss alone: a multi-label head's "accuracy" is per label, which rewards
+            predicting no tags at all when tags are rare.
     """
 
-    def __init__(self, model: keras.Model, *, phase: str, previous: Snapshot | None) -> None:
+    def __init__(self, model: keras.Model, *, phase: str, previous: Snapshot | None, by_accuracy: bool) -> None:
         super().__init__()
+        self._by_accuracy = by_accuracy
         self._target = model
         self._phase = phase
         self._previous = previous
@@ -90,7 +94,7 @@ class BestWeights(keras.callbacks.Callback):
         if loss is None:
             return
         self._validated = True
-        accuracy = logs.get("val_accuracy")
+        accuracy = logs.get("val_accuracy") if self._by_accuracy else None
         if not math.isfinite(loss) or (accuracy is not None and not math.isfinite(accuracy)):
             return
         candidate = BestEpoch(self._phase, epoch + 1, float(loss), None if accuracy is None else float(accuracy))

@@ -220,6 +220,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _cmd_lr_find(args: argparse.Namespace) -> int:
+    import dataclasses
+
     import transferkit as tk
     from transferkit.report import plot_lr_find
 
@@ -228,9 +230,18 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
     for key in ("batch_size", "seed"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
+    weights = _weights(args.weights)
+    if args.steps < 2:
+        raise _UsageError(f"--steps {args.steps}: a sweep needs at least 2 steps.")
+    fine = tk.FINE_TUNE_PHASE
+    if args.unfreeze_blocks is not None:
+        fine = dataclasses.replace(fine, policy=tk.UnfreezeTop(args.unfreeze_blocks))
     data = tk.load_folder(args.data_dir, progress=True, **options)
-    tuner = tk.FineTuner(spec, weights=_weights(args.weights), seed=data.settings.seed)
+    tuner = tk.FineTuner(spec, weights=weights, seed=data.settings.seed, fine_tune_phase=fine)
     phase = args.phase.replace("-", "_")
+    if phase == "fine_tune":  # fine-tuning starts from a trained head: sweep from one
+        print(f"Training the head first ({tuner.head_phase.epochs} epochs), as `transferkit train` does")
+        tuner.train_head(data, verbose=0)
     print(f"Sweeping the learning rate of the {args.phase} phase of {spec.name} over {args.steps} batches "
           f"({data.num_train} training images)")
     result = tuner.find_lr(data, phase=phase, steps=args.steps)
@@ -346,6 +357,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default="imagenet", help="'imagenet', 'none' or a weights file")
     p.add_argument("--phase", default="head", choices=["head", "fine-tune"], help="which phase's learning rate")
     p.add_argument("--steps", type=int, default=100, help="batches in the sweep")
+    p.add_argument("--unfreeze-blocks", type=int, help="blocks the fine-tune phase unfreezes (default 2)")
     p.add_argument("--image-size", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seed", type=int)

@@ -261,33 +261,44 @@ class FineTuner:
                  phase.learning_rate, phase.schedule, summary.policy, summary.trainable_params, summary.total_params)
         if phase.epochs == 0:
             return {}
-        trained, train_ds, val_ds = model, batches.train, batches.validation
-        plan = plan_cache(model, batches.data, self.cache, augment_views=self.augment_views, callbacks=callbacks)
-        if plan is not None and batches.data is not None and self.cache is not None:
-            train_ds, val_ds, hit = cached_datasets(plan, batches.data, self.cache, progress=verbose not in (0, False))
-            trained = plan.trainable
-            self._compile(trained, phase, train_ds)
-            log.info("Phase %s trains on cached features (%s): the frozen layers below run once, not every "
-                     "epoch. FineTuner(cache=False) turns this off.", name, plan.where)
-            log.info("Features for phase %s: %s", name, "from the cache" if hit else "computed and cached")
+        trained, train_ds, val_ds = self._what_trains(name, phase, model, batches, callbacks, verbose)
+        keeper = BestWeights(model, phase=name, previous=self._best, by_accuracy=self._head().task == "single_label")
         done = sum(len(next(iter(h.values()), [])) for h in self.history.values())
-        by_accuracy = self._head().task == "single_label"
-        keeper = BestWeights(model, phase=name, previous=self._best, by_accuracy=by_accuracy)
-        extra: list[keras.callbacks.Callback] = [keeper] if self.keep_best else []
-        if phase.patience is not None:
-            if val_ds is None:
-                raise ConfigError(f"Phase(patience={phase.patience}) stops on validation results, but phase {name!r} "
-                                  "has no validation data. Load data with validation_split > 0, pass validation=…, "
-                                  "or leave patience=None.")
-            extra.append(keras.callbacks.EarlyStopping(monitor="val_accuracy" if by_accuracy else "val_loss",
-                                                       patience=phase.patience))
         result = trained.fit(train_ds, validation_data=val_ds, epochs=done + phase.epochs, initial_epoch=done,
-                             callbacks=[*callbacks, *extra], class_weight=self._resolve_class_weight(),
-                             verbose=verbose, shuffle=False)  # the pipeline shuffles itself
+                             callbacks=[*callbacks, *self._phase_callbacks(name, phase, keeper, val_ds)],
+                             class_weight=self._resolve_class_weight(), verbose=verbose,
+                             shuffle=False)  # the pipeline shuffles itself
         self.history[name] = {k: [float(v) for v in values] for k, values in result.history.items()}
         self._best = keeper.restore() if self.keep_best else None  # None: the last epoch's weights
         self._loaded_best = None  # the weights no longer come from the saved run
         return self.history[name]
+
+    def _what_trains(self, name: str, phase: Phase, model: keras.Model, batches: _Batches, callbacks: Callbacks,
+                     verbose: Verbose) -> tuple[keras.Model, tf.data.Dataset, tf.data.Dataset | None]:
+        """The model a phase fits and its batches: the part above a feature cache where that gives the
+        same result, else the whole model."""
+        plan = plan_cache(model, batches.data, self.cache, augment_views=self.augment_views, callbacks=callbacks)
+        if plan is None or batches.data is None or self.cache is None:
+            return model, batches.train, batches.validation
+        train_ds, val_ds, hit = cached_datasets(plan, batches.data, self.cache, progress=verbose not in (0, False))
+        self._compile(plan.trainable, phase, train_ds)
+        log.info("Phase %s trains on cached features (%s): the frozen layers below run once, not every "
+                 "epoch. FineTuner(cache=False) turns this off.", name, plan.where)
+        log.info("Features for phase %s: %s", name, "from the cache" if hit else "computed and cached")
+        return plan.trainable, train_ds, val_ds
+
+    def _phase_callbacks(self, name: str, phase: Phase, keeper: BestWeights, validation: tf.data.Dataset | None
+                         ) -> list[keras.callbacks.Callback]:
+        """transferkit's own callbacks for one phase: the best-epoch keeper and early stopping."""
+        chosen: list[keras.callbacks.Callback] = [keeper] if self.keep_best else []
+        if phase.patience is not None:
+            if validation is None:
+                raise ConfigError(f"Phase(patience={phase.patience}) stops on validation results, but phase {name!r} "
+                                  "has no validation data. Load data with validation_split > 0, pass validation=…, "
+                                  "or leave patience=None.")
+            monitor = "val_accuracy" if self._head().task == "single_label" else "val_loss"
+            chosen.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=phase.patience))
+        return chosen
 
     def find_lr(self, train: TrainData, *, phase: str = "head", start: float = 1e-7, end: float = 10.0,
                 steps: int = 100, beta: float = 0.98, stop_factor: float = 4.0) -> LearningRateSweep:

@@ -9,6 +9,7 @@ on-disk format in ``_saving``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
@@ -261,8 +262,10 @@ class FineTuner:
                  phase.learning_rate, phase.schedule, summary.policy, summary.trainable_params, summary.total_params)
         if phase.epochs == 0:
             return {}
-        trained, train_ds, val_ds = self._what_trains(name, phase, model, batches, callbacks, verbose)
-        keeper = BestWeights(model, phase=name, previous=self._best, by_accuracy=self._head().task == "single_label")
+        trained, train_ds, val_ds = self._what_trains(name, model, batches, callbacks, verbose)
+        if trained is not model:
+            self._compile(trained, phase, train_ds)
+        keeper = BestWeights(model, phase=name, previous=self._best, by_accuracy=self._ranks_by_accuracy())
         done = sum(len(next(iter(h.values()), [])) for h in self.history.values())
         result = trained.fit(train_ds, validation_data=val_ds, epochs=done + phase.epochs, initial_epoch=done,
                              callbacks=[*callbacks, *self._phase_callbacks(name, phase, keeper, val_ds)],
@@ -273,7 +276,7 @@ class FineTuner:
         self._loaded_best = None  # the weights no longer come from the saved run
         return self.history[name]
 
-    def _what_trains(self, name: str, phase: Phase, model: keras.Model, batches: _Batches, callbacks: Callbacks,
+    def _what_trains(self, name: str, model: keras.Model, batches: _Batches, callbacks: Callbacks,
                      verbose: Verbose) -> tuple[keras.Model, tf.data.Dataset, tf.data.Dataset | None]:
         """The model a phase fits and its batches: the part above a feature cache where that gives the
         same result, else the whole model."""
@@ -281,11 +284,15 @@ class FineTuner:
         if plan is None or batches.data is None or self.cache is None:
             return model, batches.train, batches.validation
         train_ds, val_ds, hit = cached_datasets(plan, batches.data, self.cache, progress=verbose not in (0, False))
-        self._compile(plan.trainable, phase, train_ds)
         log.info("Phase %s trains on cached features (%s): the frozen layers below run once, not every "
                  "epoch. FineTuner(cache=False) turns this off.", name, plan.where)
         log.info("Features for phase %s: %s", name, "from the cache" if hit else "computed and cached")
         return plan.trainable, train_ds, val_ds
+
+    def _ranks_by_accuracy(self) -> bool:
+        """Whether epochs are ranked by validation accuracy (single-label heads) or by loss (the others:
+        a multi-label head's accuracy is per label)."""
+        return self._head().task == "single_label"
 
     def _phase_callbacks(self, name: str, phase: Phase, keeper: BestWeights, validation: tf.data.Dataset | None
                          ) -> list[keras.callbacks.Callback]:
@@ -296,7 +303,7 @@ class FineTuner:
                 raise ConfigError(f"Phase(patience={phase.patience}) stops on validation results, but phase {name!r} "
                                   "has no validation data. Load data with validation_split > 0, pass validation=…, "
                                   "or leave patience=None.")
-            monitor = "val_accuracy" if self._head().task == "single_label" else "val_loss"
+            monitor = "val_accuracy" if self._ranks_by_accuracy() else "val_loss"
             chosen.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=phase.patience))
         return chosen
 
@@ -342,11 +349,8 @@ class FineTuner:
         flags = FreezeState.of(model)
         compiled = model.get_compile_config() if getattr(model, "compiled", False) else None
         chosen.policy.apply(model, self.spec, clamp=True)
-        trained, train_ds = model, sweep_batches(batches.train, batches.data)
-        plan = plan_cache(model, batches.data, self.cache, augment_views=self.augment_views, callbacks=())
-        if plan is not None and batches.data is not None and self.cache is not None:
-            train_ds, _, _ = cached_datasets(plan, batches.data, self.cache, progress=False)
-            trained = plan.trainable
+        own = dataclasses.replace(batches, train=sweep_batches(batches.train, batches.data))
+        trained, train_ds, _ = self._what_trains(f"{phase} (learning-rate sweep)", model, own, (), 0)
         trained.compile(optimizer=constant_rate_optimizer(chosen.make_optimizer(1)), loss=self._head().loss())
         try:
             rates, losses = sweep(trained, train_ds, start=start, end=end, steps=steps, beta=beta,

@@ -64,6 +64,23 @@ def test_keep_last_keeps_the_last_epoch(tmp_path, capsys):
     assert json.loads((out / "transferkit.json").read_text())["best"] is None
 
 
+def test_refit_flag_and_config_key(tmp_path, capsys):
+    data = write_image_folder(tmp_path / "data", per_class=6)
+    common = ["train", str(data), "--backbone", "tiny_cnn", "--weights", "imagenet", "--epochs", "2",
+              "--fine-tune-epochs", "0"]
+    assert main([*common, "--out", str(tmp_path / "auto")]) == 0  # 18 images: refitted by default
+    assert "Then refitted on all 18 images" in capsys.readouterr().out
+    assert json.loads((tmp_path / "auto" / "metrics.json").read_text())["refit"]["images"] == 18
+    config = tmp_path / "never.toml"
+    config.write_text('refit = "never"\n')
+    assert main([*common, "--config", str(config), "--out", str(tmp_path / "never")]) == 0
+    assert "refitted" not in capsys.readouterr().out
+    assert json.loads((tmp_path / "never" / "transferkit.json").read_text())["refit"] is None
+    config.write_text('refit = "sometimes"\n')
+    assert main([*common, "--config", str(config), "--out", str(tmp_path / "bad")]) == 2
+    assert "--refit 'sometimes': expected auto, always or never" in capsys.readouterr().err
+
+
 def test_user_mistakes_print_one_line_and_exit_2(tmp_path, capsys):
     cases = [
         ["train", str(tmp_path / "missing"), "--backbone", "tiny_cnn", "--weights", "none"],

@@ -19,7 +19,8 @@ FAST_TUNE = dataclasses.replace(tk.FINE_TUNE_PHASE, epochs=2, learning_rate=1e-3
 
 
 def _tuner(**kwargs):
-    options = {"weights": "imagenet", "head_phase": FAST_HEAD, "fine_tune_phase": FAST_TUNE, "seed": 0}
+    options = {"weights": "imagenet", "head_phase": FAST_HEAD, "fine_tune_phase": FAST_TUNE, "seed": 0,
+               "refit": False}  # refit has tests of its own
     return tk.FineTuner("tiny_cnn", **{**options, **kwargs})
 
 
@@ -79,9 +80,9 @@ class WreckAtEpoch(keras.callbacks.Callback):
                 weight.assign(rng.normal(0, 30, weight.shape).astype("float32"))
 
 
-def test_each_phase_ends_on_its_best_validated_epoch(image_folder):
+def test_keep_best_epoch_ends_each_phase_on_its_best_validated_epoch(image_folder):
     data = tk.load_folder(image_folder, image_size=32, validation_split=0.25, batch_size=8)
-    tuner = _tuner()
+    tuner = _tuner(keep_best="epoch")
     history = tuner.train_head(data, callbacks=[WreckAtEpoch(FAST_HEAD.epochs - 1)], verbose=0)
     accuracy, loss = history["val_accuracy"], history["val_loss"]
     assert loss[-1] > min(loss) and accuracy[-1] < max(accuracy)  # the wrecked last epoch is not the best
@@ -286,7 +287,74 @@ def test_keep_last_and_patience(image_folder, tmp_path):
 
 def test_multi_label_heads_keep_the_epoch_with_the_lowest_validation_loss(tmp_path):
     data = _multi_label_data(write_image_folder(tmp_path / "data", per_class=6), tmp_path / "multi.csv")
-    tagger = _tuner(fine_tune_phase=None)
+    tagger = _tuner(fine_tune_phase=None, keep_best="epoch")
     history = tagger.fit(data, callbacks=[WreckAtEpoch(FAST_HEAD.epochs - 1)], verbose=0)["head"]
     assert tagger.best_epoch.val_accuracy is None  # per-label accuracy is not what ranks them
     assert tagger.best_epoch.val_loss == min(history["val_loss"])
+
+
+def test_keep_best_phase_compares_phase_ends_only(image_folder):
+    data = tk.load_folder(image_folder, image_size=32, validation_split=0.25, batch_size=8)
+    tuner = _tuner(fine_tune_phase=None)  # keep_best="phase", the default
+    history = tuner.train_head(data, callbacks=[WreckAtEpoch(FAST_HEAD.epochs - 1)], verbose=0)
+    assert max(history["val_accuracy"]) > history["val_accuracy"][-1]  # an earlier epoch validated better …
+    assert tuner.best_epoch.epoch == FAST_HEAD.epochs  # … but the candidate of a phase is its end
+    last = _tuner(fine_tune_phase=None, keep_best=False)
+    last.train_head(data, callbacks=[WreckAtEpoch(FAST_HEAD.epochs - 1)], verbose=0)
+    for kept, final in zip(tuner.model.get_weights(), last.model.get_weights()):
+        np.testing.assert_array_equal(kept, final)  # the weights the phase ended with
+    with pytest.raises(tk.ConfigError, match="keep_best"):
+        _tuner(keep_best="best")
+
+
+def test_refit_trains_again_on_all_images_and_reports_the_held_out_figures(tmp_path, image_folder):
+    data = tk.load_folder(image_folder, image_size=32, validation_split=0.25, batch_size=8)
+    wrecking = tk.Phase(epochs=2, learning_rate=50.0, policy=tk.UnfreezeAll(), optimizer="sgd")
+    tuner = _tuner(fine_tune_phase=wrecking, refit=True)
+    history = tuner.fit(data, verbose=0)
+    assert len(history["head"]["loss"]) == FAST_HEAD.epochs and len(history["fine_tune"]["loss"]) == 2
+    assert tuner.best_epoch.phase == "head"  # fine-tuning only made it worse …
+    assert tuner.refitted.phases == ("head",)  # … so only the head phase is run again
+    assert tuner.refitted.epochs == (FAST_HEAD.epochs,)
+    assert tuner.refitted.images == data.num_train + data.num_validation
+    selected = _tuner(fine_tune_phase=wrecking)  # the same run without the refit
+    selected.fit(data, verbose=0)
+    assert not all(np.allclose(a, b) for a, b in zip(tuner.model.get_weights(), selected.model.get_weights()))
+    metrics = tuner.write_report(data, tmp_path / "run")
+    held_out = selected.evaluate(data)
+    assert metrics["validation"]["accuracy"] == pytest.approx(held_out.accuracy)  # figures from before the refit
+    assert metrics["validation"]["loss"] == pytest.approx(held_out.loss, rel=1e-5)
+    assert metrics["refit"] == {"phases": ["head"], "epochs": [FAST_HEAD.epochs], "images": tuner.refitted.images}
+    tuner.save(tmp_path / "run")
+    loaded = tk.FineTuner.load(tmp_path / "run")
+    assert loaded.refitted == tuner.refitted and loaded.best_epoch == tuner.best_epoch
+
+
+def test_refit_auto_and_refit_true_choose_where_it_applies(image_folder, monkeypatch):
+    data = tk.load_folder(image_folder, image_size=32, validation_split=0.25, batch_size=8)
+    small = _tuner(fine_tune_phase=None, refit="auto")
+    small.fit(data, verbose=0)
+    assert small.refitted is not None and small.refitted.phases == ("head",)
+    monkeypatch.setattr("transferkit._finetuner.REFIT_MAX_IMAGES", data.num_train + data.num_validation - 1)
+    large = _tuner(fine_tune_phase=None, refit="auto")
+    large.fit(data, verbose=0)
+    assert large.refitted is None
+    pixels = np.random.default_rng(0).integers(0, 255, (12, 32, 32, 3)).astype("uint8")
+    arrays = tk.from_arrays(pixels, [0, 1] * 6, image_size=32, validation_split=0.25)
+    with pytest.raises(tk.ConfigError, match="refit=True"):
+        _tuner(fine_tune_phase=None, refit=True).fit(arrays, verbose=0)
+    with pytest.raises(tk.ConfigError, match="refit"):
+        _tuner(refit="yes")
+
+
+def test_from_scratch_baseline_trains_every_layer_and_batchnorm(image_folder):
+    from transferkit._demo import train_from_scratch
+
+    data = tk.load_folder(image_folder, image_size=32, validation_split=0.25, batch_size=8)
+    tuner = train_from_scratch("tiny_cnn", data, epochs=2, seed=0)
+    backbone = tuner.model.get_layer("backbone")
+    norm = backbone.get_layer("stem_bn")
+    assert norm.trainable and norm.momentum == 0.9
+    assert not np.allclose(norm.moving_mean.numpy(), 0.0)  # statistics followed the batches
+    assert all(layer.trainable for layer in backbone.layers)
+    assert len(tuner.history["head"]["loss"]) == 2 and tuner.weights is None

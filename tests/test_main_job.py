@@ -90,7 +90,9 @@ def test_train_writes_report_pngs_and_reads_a_config(tmp_path, capsys):
 def test_demo_runs_end_to_end_offline(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "demo"), "--per-class", "4", "--image-size", "32"]) == 0
     out = capsys.readouterr().out
-    assert "fine-tuning ImageNet weights:" in out and "from random weights:" in out
+    assert "fine-tuning ImageNet weights:" in out and "trained from scratch:" in out
+    scratch = float(out.split("trained from scratch:")[1].split()[0])
+    assert 0.0 <= scratch <= 1.0
     assert str(tmp_path / "demo" / "run") in out
     assert len(list((tmp_path / "demo" / "data").glob("*/*.png"))) == 40
     loaded = tk.FineTuner.load(tmp_path / "demo" / "run")

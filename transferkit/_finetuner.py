@@ -38,7 +38,7 @@ from transferkit._metrics import Evaluation, Predictions, evaluate_outputs
 from transferkit._model import build_model, model_parts
 from transferkit._phases import FINE_TUNE_PHASE, HEAD_PHASE, Phase, steps_per_epoch
 from transferkit._saving import FORMAT, RunMetadata, load_run, save_run
-from transferkit._selection import BestEpoch, BestWeights, Snapshot
+from transferkit._selection import BestEpoch, BestWeights, Refit, Snapshot
 from transferkit._types import (
     Callbacks,
     Color,
@@ -53,12 +53,14 @@ from transferkit._types import (
 )
 from transferkit.backbones._registry import BackboneSpec, get_backbone, list_backbones
 from transferkit.data._images import WHITE
-from transferkit.data._loaders import ImageData, load_folder
+from transferkit.data._loaders import ImageData, all_images, load_folder
 from transferkit.data._pipelines import PipelineSettings
 
 log = logging.getLogger("transferkit")
 
 DEFAULT_BACKBONE = "mobilenet_v2"
+KEEP_BEST = ("phase", "epoch")
+REFIT_MAX_IMAGES = 2000  # refit="auto" trains again on all images up to this many (docs/benchmarks.md)
 
 
 @dataclass(frozen=True)
@@ -85,8 +87,8 @@ class FineTuner:
         class_names: Names of the classes; taken from the data when omitted.
         head: The head to put on the backbone (``Head()`` by default).
         image_size: Input size; taken from the data, else the backbone's default.
-        head_phase: Settings of phase 1 (default ``HEAD_PHASE``: 5 epochs at 1e-3).
-        fine_tune_phase: Settings of phase 2 (default ``FINE_TUNE_PHASE``: 5 epochs at 1e-4,
+        head_phase: Settings of phase 1 (default ``HEAD_PHASE``: 50 epochs at 1e-3).
+        fine_tune_phase: Settings of phase 2 (default ``FINE_TUNE_PHASE``: 10 epochs at 1e-4,
             top 2 blocks, cosine with 1 warm-up epoch). ``None`` skips fine-tuning in :meth:`fit`.
         class_weight: ``None``, ``"balanced"`` (weights from the training split) or a dict.
         seed: Seeds Python, NumPy and TensorFlow for repeatable runs.
@@ -97,10 +99,19 @@ class FineTuner:
         augment_views: With augmented data, cache this many augmented views of each image for
             the head phase instead of augmenting afresh every epoch (0, the default, leaves
             augmented data uncached). Faster, but not the same result: see docs/speed.md.
-        keep_best: After each phase, keep the weights of the best validated epoch over all phases
-            so far — highest validation accuracy, ties to the lower loss — so a fine-tune phase
-            that never beats the head phase leaves the head phase's weights; :attr:`best_epoch`
-            says which. ``False`` keeps the last epoch.
+        keep_best: Which weights to keep after each phase. ``"phase"`` (default, or ``True``):
+            the best validated end of a phase so far — highest validation accuracy, ties to the
+            lower loss — so a fine-tune phase that ends worse than the head phase leaves the head
+            phase's weights. ``"epoch"``: the best validated epoch of any phase (on a small
+            validation split this picks noise; see docs/benchmarks.md). ``False``: the last
+            epoch. :attr:`best_epoch` says which was kept.
+        refit: After the phases, train again from the pretrained weights on the training and
+            validation images together, for the epochs of the phases kept (the fine-tune phase
+            only if it was kept). ``"auto"`` (default) does this for ImageData from files of at
+            most ``REFIT_MAX_IMAGES`` images, where holding a fifth of the images out costs the
+            most; ``True`` always (ImageData from files only); ``False`` never. The validation
+            figures (report, ``metrics.json``) are those of the model before refitting, measured
+            on images it had not seen; :attr:`refitted` says what was refitted.
 
     Example:
         >>> data = load_folder("photos", image_size=224)
@@ -125,7 +136,8 @@ class FineTuner:
         seed: int | None = None,
         cache: bool | PathLike | FeatureCache = True,
         augment_views: int = 0,
-        keep_best: bool = True,
+        keep_best: bool | str = "phase",
+        refit: bool | str = "auto",
     ) -> None:
         self.spec = get_backbone(backbone)
         self.weights = weights
@@ -152,7 +164,16 @@ class FineTuner:
         if not isinstance(augment_views, int) or augment_views < 0:
             raise ConfigError(f"Expected augment_views to be an integer >= 0. Received: {augment_views!r}.")
         self.augment_views = augment_views
-        self.keep_best = keep_best
+        if keep_best is True:
+            keep_best = "phase"
+        if keep_best is not False:
+            check_choice("keep_best", keep_best, KEEP_BEST)
+        self.keep_best: str | bool = keep_best
+        if refit not in (True, False, "auto"):
+            raise ConfigError(f'Expected refit to be True, False or "auto". Received: refit={refit!r}.')
+        self.refit = refit
+        self.refitted: Refit | None = None
+        self._before_refit: tuple[Predictions | None, Evaluation | None] | None = None
         self._best: Snapshot | None = None
         self._loaded_best: BestEpoch | None = None
         if cache is True:
@@ -265,7 +286,8 @@ class FineTuner:
         trained, train_ds, val_ds = self._what_trains(name, model, batches, callbacks, verbose)
         if trained is not model:
             self._compile(trained, phase, train_ds)
-        keeper = BestWeights(model, phase=name, previous=self._best, by_accuracy=self._ranks_by_accuracy())
+        keeper = BestWeights(model, phase=name, previous=self._best, by_accuracy=self._ranks_by_accuracy(),
+                             every_epoch=self.keep_best == "epoch")
         done = sum(len(next(iter(h.values()), [])) for h in self.history.values())
         result = trained.fit(train_ds, validation_data=val_ds, epochs=done + phase.epochs, initial_epoch=done,
                              callbacks=[*callbacks, *self._phase_callbacks(name, phase, keeper, val_ds)],
@@ -274,6 +296,7 @@ class FineTuner:
         self.history[name] = {k: [float(v) for v in values] for k, values in result.history.items()}
         self._best = keeper.restore() if self.keep_best else None  # None: the last epoch's weights
         self._loaded_best = None  # the weights no longer come from the saved run
+        self.refitted = self._before_refit = None
         return self.history[name]
 
     def _what_trains(self, name: str, model: keras.Model, batches: _Batches, callbacks: Callbacks,
@@ -412,7 +435,61 @@ class FineTuner:
         self.train_head(train, validation, callbacks=callbacks, verbose=verbose)
         if self.fine_tune_phase is not None and self.fine_tune_phase.epochs:
             self.fine_tune(train, validation, callbacks=callbacks, verbose=verbose)
+        everything = self._refit_data(train, validation)
+        if everything is not None and isinstance(train, ImageData):
+            self._refit(train, everything, callbacks, verbose)
         return self.history
+
+    def _refit_data(self, train: TrainData, validation: ValidationData | None) -> ImageData | None:
+        """The training and validation images as one training set, when :meth:`fit` refits."""
+        if self.refit is False:
+            return None
+        usable = (isinstance(train, ImageData) and validation is None and train.train_files is not None
+                  and train.validation_files is not None and len(train.validation_files) > 0)
+        if not usable:
+            if self.refit is True:
+                raise ConfigError("refit=True trains again on the training and validation images together, which "
+                                  "needs ImageData from files with a validation split (load_folder, load_csv or "
+                                  "from_files). Pass refit=False or \"auto\" for other data.")
+            return None
+        assert isinstance(train, ImageData)
+        if self.refit == "auto" and train.num_train + train.num_validation > REFIT_MAX_IMAGES:
+            return None
+        return all_images(train)
+
+    def _refit(self, data: ImageData, everything: ImageData, callbacks: Callbacks, verbose: Verbose) -> None:
+        """Train again from the pretrained weights on ``everything``, for the epochs of the phases kept."""
+        ran = {name: len(next(iter(h.values()), [])) for name, h in self.history.items()}
+        best = self.best_epoch
+        phases = [("head", dataclasses.replace(self.head_phase, epochs=ran.get("head", 0), patience=None))]
+        fine = self.fine_tune_phase
+        if fine is not None and ran.get("fine_tune") and (best is None or best.phase == "fine_tune"):
+            phases.append(("fine_tune", dataclasses.replace(fine, epochs=ran["fine_tune"], patience=None)))
+        held_out = self._validation_results(data)  # measured before the model sees these images
+        history, keep = self.history, self.keep_best
+        log.info("Refitting on all %d images (training and validation): %s", len(everything.train_files or ()),
+                 ", then ".join(f"{name} phase {phase.epochs} epochs" for name, phase in phases))
+        self.model, self.history, self.keep_best, self._best = None, {}, False, None
+        try:
+            for name, phase in phases:
+                self._run(name, phase, everything, None, callbacks, verbose)
+        finally:
+            self.history, self.keep_best = history, keep
+        self._best, self._loaded_best = None, best
+        self._before_refit = held_out
+        self.refitted = Refit(phases=tuple(name for name, _ in phases),
+                              epochs=tuple(phase.epochs for _, phase in phases),
+                              images=len(everything.train_files or ()))
+
+    def _validation_results(self, data: ImageData) -> tuple[Predictions | None, Evaluation | None]:
+        """Predictions for the validation files (for the report's grid) and the evaluation, in one pass."""
+        files = data.validation_files
+        if files is not None and len(files):
+            examples = self.predict(list(files.paths))
+            return examples, self._evaluation(examples.probabilities, files.labels)
+        if data.validation is not None:  # arrays: no files to show
+            return None, self.evaluate(data)
+        return None, None
 
     # ------------------------------------------------------------------ inference
 
@@ -451,16 +528,14 @@ class FineTuner:
         """
         from transferkit.report import write_report  # matplotlib is imported only for reports
 
-        files, examples, evaluation = data.validation_files, None, None
-        if files is not None and len(files):
-            examples = self.predict(list(files.paths))
-            evaluation = self._evaluation(examples.probabilities, files.labels)
-        elif data.validation is not None:  # arrays: no files to show
-            evaluation = self.evaluate(data)
+        files = data.validation_files
+        # a refitted model has trained on the validation images: report what it scored before
+        examples, evaluation = self._before_refit or self._validation_results(data)
         return write_report(
             out, class_names=self._require_classes(), history=self.history, evaluation=evaluation,
             examples=examples, truth=files.labels if files is not None else None,
             image_settings=self._image_settings(), skipped=data.skipped, best=self.best_epoch,
+            refit=self.refitted,
         )
 
     # ------------------------------------------------------------------ persistence
@@ -475,6 +550,7 @@ class FineTuner:
             class_names=self._require_classes(), head=self._head().to_config(), resize=self.resize,
             background=self.background, history=self.history,
             best=self.best_epoch.to_dict() if self.best_epoch is not None else None,
+            refit=self.refitted.to_dict() if self.refitted is not None else None,
         )
         return save_run(directory, model, meta)
 
@@ -498,5 +574,8 @@ class FineTuner:
         if meta.best is not None:  # the saved weights are the best ones: later phases have to beat them
             # where the saved weights came from; new training is judged on its own validation data
             tuner._loaded_best = BestEpoch(**meta.best)
+        if meta.refit is not None:
+            tuner.refitted = Refit(phases=tuple(meta.refit["phases"]), epochs=tuple(meta.refit["epochs"]),
+                                   images=int(meta.refit["images"]))
         return tuner
 

@@ -39,6 +39,7 @@ class RunMetadata:
     background: Color = (255, 255, 255)
     history: dict[str, History] = field(default_factory=dict)
     best: dict[str, Any] | None = None
+    refit: dict[str, Any] | None = None
     format: int = FORMAT
 
     def to_json(self) -> str:
@@ -57,7 +58,8 @@ class RunMetadata:
             backbone=data["backbone"], hub_handle=data.get("hub_handle"), weights=data.get("weights"),
             image_size=int(data["image_size"]), class_names=tuple(data["class_names"]), head=data["head"],
             resize=data.get("resize", "pad"), background=tuple(data.get("background", (255, 255, 255))),
-            history=data.get("history", {}), best=data.get("best"), format=version,
+            history=data.get("history", {}), best=data.get("best"), refit=data.get("refit"),
+            format=version,
         )
 
 

@@ -74,8 +74,11 @@ class TrialSettings:
     fine_tune_epochs: int
     seed: int
 
-    def tuner(self, values: dict[str, Any], *, cache: FeatureCache | bool) -> FineTuner:
-        """The FineTuner a trial with these hyperparameter ``values`` trains."""
+    def tuner(self, values: dict[str, Any], *, cache: FeatureCache | bool, refit: bool | str = False) -> FineTuner:
+        """The FineTuner a trial with these hyperparameter ``values`` trains.
+
+        Trials never refit (``refit=False``): a trial is scored on its validation split.
+        """
         units = int(values.get("units", 0))
         head = Head(hidden_units=(units,) if units else (), dropout=float(values.get("dropout", 0.2)))
         head_phase = dataclasses.replace(HEAD_PHASE, epochs=int(values.get("tuner/epochs", self.epochs)),
@@ -86,7 +89,7 @@ class TrialSettings:
                                        policy=UnfreezeTop(int(values["fine_tune_blocks"])),
                                        learning_rate=float(values["fine_tune_learning_rate"]))
         return FineTuner(self.backbone, weights=self.weights, head=head, head_phase=head_phase, fine_tune_phase=fine,
-                         seed=self.seed, cache=cache)
+                         seed=self.seed, cache=cache, refit=refit)
 
 
 def _tuner_class(kind: str) -> type:
@@ -136,8 +139,11 @@ class SearchResult:
     settings: TrialSettings
 
     def best_tuner(self, *, cache: FeatureCache | bool = True) -> FineTuner:
-        """A new, untrained FineTuner with the best trial's configuration (call ``fit`` on it)."""
-        return self.settings.tuner(self.best_values, cache=cache)
+        """A new, untrained FineTuner with the best trial's configuration (call ``fit`` on it).
+
+        Unlike the trials, it refits on all images where ``FineTuner``'s default ``refit="auto"`` does.
+        """
+        return self.settings.tuner(self.best_values, cache=cache, refit="auto")
 
     def write_csv(self, path: PathLike) -> Path:
         out = Path(path)

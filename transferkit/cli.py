@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from transferkit._finetuner import DEFAULT_BACKBONE
+from transferkit._finetuner import DEFAULT_BACKBONE, REFIT_MAX_IMAGES
 
 
 class _UsageError(Exception):
@@ -88,6 +88,7 @@ def _train_defaults() -> dict[str, Any]:
         "augment": False,
         "balanced": False,
         "keep_last": False,
+        "refit": "auto",
         "seed": None,
         "out": "run",
     }
@@ -171,7 +172,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         fine = dataclasses.replace(fine, policy=tk.UnfreezeTop(o["unfreeze_blocks"]))
     tuner = tk.FineTuner(spec, weights=_weights(str(o["weights"])), head_phase=head_phase,
                          fine_tune_phase=fine if fine.epochs else None, seed=data.settings.seed,
-                         class_weight="balanced" if o["balanced"] else None, keep_best=not o["keep_last"])
+                         class_weight="balanced" if o["balanced"] else None, keep_best=not o["keep_last"],
+                         refit=_refit_choice(o["refit"]))
     print(f"Training {spec.name} on {data.num_train} images ({data.num_validation} for validation), "
           f"classes: {', '.join(data.class_names)}")
     tuner.fit(data)
@@ -180,10 +182,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     metrics = tuner.write_report(data, out)
     if tuner.best_epoch is not None:
         print(f"Kept the weights of the best validated {tuner.best_epoch.describe()}.")
+    if tuner.refitted is not None:
+        print(f"Then {tuner.refitted.describe()}; the validation figures are those before the refit.")
     if "validation" in metrics:
         print(f"Validation accuracy: {metrics['validation']['accuracy']:.4f}")
     print(f"Saved the model, metrics.json and plots to {out}")
     return 0
+
+
+def _refit_choice(value: Any) -> bool | str:
+    """--refit auto|always|never (or a config file's true/false) as FineTuner's ``refit``."""
+    choices: dict[Any, bool | str] = {"auto": "auto", "always": True, "never": False, True: True, False: False}
+    if value not in choices:
+        raise _UsageError(f"--refit {value!r}: expected auto, always or never.")
+    return choices[value]
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
@@ -333,6 +345,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--balanced", action="store_true", default=None, help="weight classes by inverse frequency")
     p.add_argument("--keep-last", action="store_true", default=None,
                    help="keep the last epoch's weights instead of the best validated epoch's")
+    p.add_argument("--refit", choices=["auto", "always", "never"],
+                   help="train again on training + validation images for the epochs kept (auto: up to "
+                        f"{REFIT_MAX_IMAGES} images)")
     p.add_argument("--seed", type=int)
     p.add_argument("--out", help="folder for the model, labels, metrics and plots (default ./run)")
     p.set_defaults(func=_cmd_train)

@@ -20,7 +20,7 @@ import numpy as np
 from transferkit._errors import MissingDependencyError
 from transferkit._lr_find import LearningRateSweep
 from transferkit._metrics import MULTI_LABEL_THRESHOLD, Evaluation, Predictions
-from transferkit._selection import BestEpoch
+from transferkit._selection import BestEpoch, Refit
 from transferkit._types import History, PathLike
 from transferkit.data._images import load_image
 from transferkit.data._pipelines import PipelineSettings
@@ -194,6 +194,7 @@ def write_report(
     image_settings: PipelineSettings | None = None,
     skipped: Sequence[tuple[str, str]] = (),
     best: BestEpoch | None = None,
+    refit: Refit | None = None,
     grid: int = 10,
 ) -> dict[str, Any]:
     """Write labels.txt, metrics.json and the PNGs of a run into ``out``; returns the metrics written.
@@ -213,13 +214,16 @@ def write_report(
         skipped: ``(path, reason)`` of files left out of the data, listed in metrics.json.
         best: The epoch whose weights the model holds (``FineTuner.best_epoch``), recorded as
             ``best`` in metrics.json.
+        refit: What was trained again on all images (``FineTuner.refitted``), recorded as
+            ``refit``; ``evaluation`` is then that of the model before the refit.
         grid: Number of examples in the grid.
     """
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     (root / "labels.txt").write_text("\n".join(class_names) + "\n")
     metrics: dict[str, Any] = {"history": history, "skipped": [list(s) for s in skipped],
-                               "best": best.to_dict() if best is not None else None}
+                               "best": best.to_dict() if best is not None else None,
+                               "refit": refit.to_dict() if refit is not None else None}
     plot_history(history, root / "training_curves.png")
     if evaluation is not None:
         metrics["validation"] = evaluation.to_dict()

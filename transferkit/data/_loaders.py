@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -82,6 +83,15 @@ def _from_files(files: ImageFiles, settings: PipelineSettings, validation_files:
         num_validation=len(val_files) if val_files is not None else 0,
         train_ordered=file_pipeline(train_files, settings, cache=False),
     )
+
+
+def all_images(data: ImageData) -> ImageData:
+    """``data``'s training and validation files as one training set (same settings, no validation)."""
+    if data.train_files is None or data.validation_files is None:
+        raise ConfigError("Only ImageData from files (load_folder, load_csv, from_files) can be merged.")
+    a, b = data.train_files, data.validation_files
+    merged = ImageFiles(a.paths + b.paths, np.concatenate([a.labels, b.labels]), a.class_names, data.skipped)
+    return _from_files(merged, dataclasses.replace(data.settings, validation_split=0.0), None)
 
 
 def from_files(files: ImageFiles, *, validation_files: ImageFiles | None = None, cache: bool = True,

@@ -18,7 +18,8 @@ NAMESPACES = ("transferkit.backbones", "transferkit.data", "transferkit.hub", "t
 
 TOP_LEVEL = {
     # the facade and its recipe
-    "FineTuner", "Phase", "HEAD_PHASE", "FINE_TUNE_PHASE", "Evaluation", "Predictions", "BestEpoch",
+    "FineTuner", "Phase", "HEAD_PHASE", "FINE_TUNE_PHASE", "Evaluation", "Predictions", "BestEpoch", "Refit",
+    "Calibration",
     "LearningRateSweep",
     # models, heads, freezing
     "build_model", "Head", "FreezePolicy", "FreezeSummary", "FreezeAll", "UnfreezeTop", "UnfreezeFrom",

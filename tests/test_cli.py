@@ -81,6 +81,22 @@ def test_refit_flag_and_config_key(tmp_path, capsys):
     assert "--refit 'sometimes': expected auto, always or never" in capsys.readouterr().err
 
 
+def test_recipe_flags_smoothing_mixing_calibration_and_tta(tmp_path, capsys):
+    data = write_image_folder(tmp_path / "data", per_class=6)
+    out = tmp_path / "run"
+    assert main(["train", str(data), "--backbone", "tiny_cnn", "--weights", "imagenet", "--epochs", "2",
+                 "--fine-tune-epochs", "2", "--label-smoothing", "0.1", "--mix", "cutmix", "--no-calibration",
+                 "--lr-decay", "0.5", "--gradual", "--unfreeze-blocks", "2", "--refit", "never",
+                 "--out", str(out)]) == 0
+    assert "Calibrated" not in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["calibration"] is None and len(metrics["history"]["fine_tune"]["loss"]) == 2
+    assert main(["evaluate", str(out), str(data), "--tta", "3", "--no-flip", "--json"]) == 0
+    assert sum(map(sum, json.loads(capsys.readouterr().out)["confusion_matrix"])) == 18
+    assert main(["predict", str(out), str(data), "--tta", "-1"]) == 2
+    assert "--tta -1" in capsys.readouterr().err
+
+
 def test_user_mistakes_print_one_line_and_exit_2(tmp_path, capsys):
     cases = [
         ["train", str(tmp_path / "missing"), "--backbone", "tiny_cnn", "--weights", "none"],

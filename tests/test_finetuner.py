@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import SHARED_WEIGHTS, STAMPS5, needs_shared, write_bad_files, write_image_folder
+from PIL import Image
 
 import transferkit as tk
 
@@ -358,3 +359,181 @@ def test_from_scratch_baseline_trains_every_layer_and_batchnorm(image_folder):
     assert not np.allclose(norm.moving_mean.numpy(), 0.0)  # statistics followed the batches
     assert all(layer.trainable for layer in backbone.layers)
     assert len(tuner.history["head"]["loss"]) == 2 and tuner.weights is None
+
+
+def _noise_folder(root: Path, per_class: int = 12) -> Path:
+    """Three classes of random-noise images: a model trained on them makes mistakes to calibrate on."""
+    rng = np.random.default_rng(0)
+    for name in ("a", "b", "c"):
+        (root / name).mkdir(parents=True)
+        for n in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / name / f"{n}.png")
+    return root
+
+
+def test_fit_calibrates_probabilities_without_changing_predictions(tmp_path):
+    from transferkit._calibration import fit_temperature, reliability, scale
+
+    data = tk.load_folder(_noise_folder(tmp_path / "noise"), image_size=32, validation_split=0.25, batch_size=8)
+    plain = _tuner(temperature_scaling=False)
+    plain.fit(data, verbose=0)
+    assert plain.calibration is None
+    tuner = _tuner()
+    tuner.fit(data, verbose=0)
+    calibration = tuner.calibration
+    before = plain.predict(list(data.validation_files.paths)).probabilities
+    expected = fit_temperature(before, data.validation_files.labels)
+    assert calibration.temperature == pytest.approx(expected, rel=1e-3)
+    assert calibration.images == data.num_validation
+    after = tuner.predict(list(data.validation_files.paths)).probabilities  # the model itself is calibrated
+    np.testing.assert_allclose(after, scale(before, calibration.temperature), atol=1e-4)
+    np.testing.assert_array_equal(after.argmax(1), before.argmax(1))  # same predictions, other probabilities
+    assert calibration.ece_after <= calibration.ece_before + 1e-9
+    assert calibration.ece_before == pytest.approx(
+        reliability(before, data.validation_files.labels).expected_calibration_error)
+    metrics = tuner.write_report(data, tmp_path / "run")
+    assert metrics["calibration"]["temperature"] == pytest.approx(calibration.temperature)
+    assert (tmp_path / "run" / "reliability.png").stat().st_size > 0
+    assert metrics["validation"]["accuracy"] == pytest.approx(plain.evaluate(data).accuracy)
+    tuner.save(tmp_path / "run")
+    loaded = tk.FineTuner.load(tmp_path / "run")
+    assert loaded.calibration.temperature == tuner.calibration.temperature
+    assert loaded.calibration.ece_after == tuner.calibration.ece_after
+    np.testing.assert_allclose(loaded.predict(list(data.validation_files.paths)).probabilities, after, atol=1e-6)
+
+
+def test_temperature_fit_recovers_a_known_temperature_and_calibrate_composes():
+    from transferkit._calibration import fit_temperature, scale
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 2, (4000, 5))
+    true = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    labels = np.array([rng.choice(5, p=p) for p in true])
+    overconfident = scale(true, 1 / 3)  # logits times 3
+    assert fit_temperature(overconfident, labels) == pytest.approx(3.0, rel=0.1)
+    assert fit_temperature(true, labels) == pytest.approx(1.0, rel=0.1)
+
+
+def test_calibrate_by_hand_and_refused_for_multi_label(tmp_path, image_folder):
+    data = tk.load_folder(_noise_folder(tmp_path / "noise"), image_size=32, validation_split=0.25, batch_size=8)
+    tuner = _tuner(fine_tune_phase=None, temperature_scaling=False)
+    tuner.train_head(data, verbose=0)
+    from transferkit._calibration import fit_temperature
+
+    first = tuner.calibrate(data)
+    files = data.validation_files
+    again = fit_temperature(tuner.predict(list(files.paths)).probabilities, files.labels)
+    second = tuner.calibrate(data)  # calibrating a calibrated model: the temperatures multiply
+    assert second.temperature == pytest.approx(first.temperature * again, rel=1e-3)
+    easy = _tuner(fine_tune_phase=None, temperature_scaling=False)
+    easy.train_head(tk.load_folder(image_folder, image_size=32, validation_split=0.25, batch_size=8), verbose=0)
+    assert easy.evaluate(tk.load_folder(image_folder, image_size=32, validation_split=0.25)).accuracy == 1.0
+    assert easy.calibrate(image_folder).temperature == 1.0  # no mistakes: nothing to fit, left at 1
+    tagger = _tuner(fine_tune_phase=None)
+    tagger.fit(_multi_label_data(write_image_folder(tmp_path / "data", per_class=6), tmp_path / "multi.csv"),
+               verbose=0)
+    assert tagger.calibration is None
+    with pytest.raises(tk.ConfigError, match="single-label"):
+        tagger.calibrate(data)
+
+
+def test_test_time_augmentation_averages_augmented_views(tmp_path, image_folder):
+    from transferkit._inference import TestTimeAugmentation
+
+    data = tk.load_folder(image_folder, image_size=32, validation_split=0.25, batch_size=8)
+    tuner = _tuner(fine_tune_phase=None)
+    tuner.fit(data, verbose=0)
+    paths = list(data.validation_files.paths)
+    plain = tuner.predict(paths).probabilities
+    assert np.array_equal(tuner.predict(paths, tta=0).probabilities, plain)
+    flip_only = tk.Augment(flip="horizontal", rotation=0.0, zoom=0.0, contrast=0.0)
+    pixels = np.stack([tk.data.load_image(p, image_size=32) for p in paths]).astype("float32")
+    mirrored = tuner.predict(pixels[:, :, ::-1]).probabilities
+    averaged = tuner.predict(paths, tta=8, augment=flip_only).probabilities
+    # every view is the image or its mirror image: the average lies between the two, per image
+    low, high = np.minimum(plain, mirrored) - 1e-5, np.maximum(plain, mirrored) + 1e-5
+    assert np.all((averaged >= low) & (averaged <= high))
+    assert not np.allclose(averaged, plain)  # the flipped views counted
+    np.testing.assert_allclose(averaged.sum(axis=1), 1.0, atol=1e-5)
+    evaluation = tuner.evaluate(data, tta=2)
+    assert 0.0 <= evaluation.accuracy <= 1.0 and evaluation.confusion_matrix.sum() == data.num_validation
+    with pytest.raises(tk.ConfigError, match="tta"):
+        TestTimeAugmentation(-1, flip_only)
+
+
+def test_label_smoothing_and_mixing_train_on_soft_labels_and_leave_integer_labels_working(image_folder):
+    data = tk.load_folder(image_folder, image_size=32, validation_split=0.25, batch_size=8)
+    smooth = _tuner(head_phase=dataclasses.replace(FAST_HEAD, label_smoothing=0.2), fine_tune_phase=None)
+    smooth.fit(data, verbose=0)
+    plain = _tuner(fine_tune_phase=None)
+    plain.fit(data, verbose=0)
+    top = smooth.predict(list(data.validation_files.paths)).probabilities.max(axis=1)
+    # smoothing towards 0.8 + 0.2/3 keeps the top probability away from 1; plain training does not
+    assert top.max() < plain.predict(list(data.validation_files.paths)).probabilities.max()
+    assert isinstance(smooth.model.loss, keras.losses.SparseCategoricalCrossentropy)  # recompiled afterwards
+    assert smooth.model.evaluate(data.validation, verbose=0, return_dict=True)["accuracy"] >= 0.0
+    for mix in ("mixup", "cutmix"):
+        mixed = _tuner(head_phase=dataclasses.replace(FAST_HEAD, epochs=2),
+                       fine_tune_phase=dataclasses.replace(FAST_TUNE, mix=mix, mix_strength=0.4))
+        history = mixed.fit(data, verbose=0)
+        assert len(history["fine_tune"]["loss"]) == FAST_TUNE.epochs
+        assert all(np.isfinite(history["fine_tune"]["loss"]))
+    with pytest.raises(tk.ConfigError, match="mix"):
+        tk.Phase(epochs=1, learning_rate=1e-3, policy=tk.FreezeAll(), mix="blend")
+    with pytest.raises(tk.ConfigError, match="label_smoothing"):
+        tk.Phase(epochs=1, learning_rate=1e-3, policy=tk.FreezeAll(), label_smoothing=1.0)
+
+
+def test_mixup_blends_images_and_one_hot_labels():
+    phase = tk.Phase(epochs=1, learning_rate=1e-3, policy=tk.FreezeAll(), mix="mixup", mix_strength=0.4)
+    images = np.stack([np.zeros((8, 8, 3)), np.full((8, 8, 3), 255.0)]).astype("float32")
+    labels = np.eye(2, dtype="float32")
+    mixed = phase.mixer(seed=1)({"images": images, "labels": labels}, training=True)
+    x, y = np.asarray(mixed["images"]), np.asarray(mixed["labels"])
+    np.testing.assert_allclose(y.sum(axis=1), 1.0, atol=1e-6)
+    # each image is a blend of the two, and its label says in which proportion
+    np.testing.assert_allclose(x.mean(axis=(1, 2, 3)) / 255.0, y[:, 1], atol=1e-4)
+
+
+def test_discriminative_learning_rates_fall_towards_the_stem_and_the_run_still_saves(tmp_path, image_folder):
+    data = tk.load_folder(image_folder, image_size=32, validation_split=0.25, batch_size=8)
+    phase = dataclasses.replace(FAST_TUNE, policy=tk.UnfreezeAll(), lr_decay=0.1, schedule="constant", epochs=1)
+    tuner = _tuner(fine_tune_phase=phase)
+    tuner.train_head(data, verbose=0)
+    phase.policy.apply(tuner.model, tuner.spec)
+    optimizer = tuner._optimizer(phase, steps=4)  # what the phase compiles with
+    rates = {}
+    for variable in tuner.model.trainable_variables:
+        chosen = optimizer._optimizer_map[variable.path]
+        rates[variable.path.split("/")[0]] = float(keras.ops.convert_to_numpy(chosen.learning_rate))
+    lr = phase.learning_rate
+    assert rates["head_output"] == pytest.approx(lr) and rates["top_conv"] == pytest.approx(lr)
+    assert rates["block3_conv"] == pytest.approx(lr * 0.1) and rates["block2_conv"] == pytest.approx(lr * 0.01)
+    assert rates["stem_conv"] == pytest.approx(lr * 0.1 ** 4)
+    backbone = tuner.model.get_layer("backbone")
+    before = {n: backbone.get_layer(n).kernel.numpy().copy() for n in ("stem_conv", "top_conv")}
+    tuner.fine_tune(data, verbose=0)
+    moved = {n: float(np.abs(backbone.get_layer(n).kernel.numpy() - before[n]).mean()) for n in before}
+    assert moved["top_conv"] > 0 and moved["stem_conv"] < moved["top_conv"]  # the stem barely moves
+    tuner.save(tmp_path / "run")  # compiled with one optimizer again: the run saves and loads
+    loaded = tk.FineTuner.load(tmp_path / "run")
+    np.testing.assert_allclose(loaded.predict(list(data.validation_files.paths)).probabilities,
+                               tuner.predict(list(data.validation_files.paths)).probabilities, atol=1e-6)
+    with pytest.raises(tk.ConfigError, match="lr_decay"):
+        dataclasses.replace(phase, lr_decay=0.0)
+
+
+def test_gradual_unfreezing_opens_one_more_block_per_stage(image_folder, caplog):
+    data = tk.load_folder(image_folder, image_size=32, validation_split=0.25, batch_size=8)
+    phase = dataclasses.replace(FAST_TUNE, policy=tk.UnfreezeTop(3), gradual=True, epochs=4)
+    assert [(s.policy.blocks, s.epochs) for s in phase.stages()] == [(1, 1), (2, 1), (3, 2)]
+    tuner = _tuner(fine_tune_phase=phase)
+    with caplog.at_level(logging.INFO, logger="transferkit"):
+        history = tuner.fit(data, verbose=0)
+    assert len(history["fine_tune"]["loss"]) == 4  # the stages' epochs, one history
+    assert caplog.text.count("gradual unfreezing stage") == 3
+    assert "stage 3 of 3: UnfreezeTop(train_batchnorm=False, blocks=3) for 2 epochs" in caplog.text
+    assert tuner.best_epoch.epoch in (FAST_HEAD.epochs, FAST_HEAD.epochs + 1, FAST_HEAD.epochs + 2,
+                                      FAST_HEAD.epochs + 4)  # a stage's end or the head's
+    with pytest.raises(tk.ConfigError, match="gradual"):
+        tk.Phase(epochs=2, learning_rate=1e-4, policy=tk.UnfreezeAll(), gradual=True)

@@ -16,6 +16,7 @@ Example:
 
 from transferkit import backbones as backbones  # registers the keras.applications backbones
 from transferkit import hub as hub  # registers the Hub resolver (URLs and SavedModel folders)
+from transferkit._calibration import Calibration
 from transferkit._errors import (
     BackboneExistsError,
     ConfigError,
@@ -35,7 +36,7 @@ from transferkit._metrics import Evaluation, Predictions
 from transferkit._model import build_model
 from transferkit._phases import FINE_TUNE_PHASE, HEAD_PHASE, Phase
 from transferkit._public import publish as _publish
-from transferkit._selection import BestEpoch
+from transferkit._selection import BestEpoch, Refit
 from transferkit._tuning import SearchResult, search
 from transferkit.backbones._registry import BackboneSpec, get_backbone, list_backbones, register_backbone
 from transferkit.data._augment import Augment
@@ -53,6 +54,7 @@ __all__ = [
     "BackboneExistsError",
     "BackboneSpec",
     "BestEpoch",
+    "Calibration",
     "ConfigError",
     "DataError",
     "Evaluation",
@@ -70,6 +72,7 @@ __all__ = [
     "Phase",
     "PipelineSettings",
     "Predictions",
+    "Refit",
     "SearchResult",
     "SkippedFilesWarning",
     "TransferkitError",

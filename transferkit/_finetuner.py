@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +23,13 @@ import numpy as np
 import tensorflow as tf
 
 from transferkit._cache_plan import cached_datasets, plan_cache
+from transferkit._calibration import Calibration, calibrate, fold_temperature
 from transferkit._errors import ConfigError, DataError, NotFittedError, check_choice
 from transferkit._features import FeatureCache
 from transferkit._freezing import FreezeState
 from transferkit._heads import Head
 from transferkit._inference import (
+    TestTimeAugmentation,
     evaluation_batches,
     labelled_batches,
     outputs_and_labels,
@@ -35,7 +38,7 @@ from transferkit._inference import (
 )
 from transferkit._lr_find import LearningRateSweep, constant_rate_optimizer, sweep, sweep_batches, sweep_values
 from transferkit._metrics import Evaluation, Predictions, evaluate_outputs
-from transferkit._model import build_model, model_parts
+from transferkit._model import backbone_of, build_model, model_parts
 from transferkit._phases import FINE_TUNE_PHASE, HEAD_PHASE, Phase, steps_per_epoch
 from transferkit._saving import FORMAT, RunMetadata, load_run, save_run
 from transferkit._selection import BestEpoch, BestWeights, Refit, Snapshot
@@ -51,7 +54,9 @@ from transferkit._types import (
     Verbose,
     Weights,
 )
+from transferkit.backbones._groups import layer_groups
 from transferkit.backbones._registry import BackboneSpec, get_backbone, list_backbones
+from transferkit.data._augment import Augment
 from transferkit.data._images import WHITE
 from transferkit.data._loaders import ImageData, all_images, load_folder
 from transferkit.data._pipelines import PipelineSettings
@@ -112,6 +117,11 @@ class FineTuner:
             most; ``True`` always (ImageData from files only); ``False`` never. The validation
             figures (report, ``metrics.json``) are those of the model before refitting, measured
             on images it had not seen; :attr:`refitted` says what was refitted.
+        temperature_scaling: At the end of :meth:`fit`, fit a temperature on the validation
+            split and fold it into the output layer, so that predicted probabilities match how
+            often the model is right (single-label heads with validation data; accuracy does
+            not change). :attr:`calibration` holds the temperature and the expected calibration
+            error before and after; see :meth:`calibrate`.
 
     Example:
         >>> data = load_folder("photos", image_size=224)
@@ -138,6 +148,7 @@ class FineTuner:
         augment_views: int = 0,
         keep_best: bool | str = "phase",
         refit: bool | str = "auto",
+        temperature_scaling: bool = True,
     ) -> None:
         self.spec = get_backbone(backbone)
         self.weights = weights
@@ -158,6 +169,7 @@ class FineTuner:
         self.seed = seed
         self.resize = "pad"
         self.background: Color = WHITE
+        self.augment: Augment | None = None  # the training data's augmentation, the default for tta
         self.model: keras.Model | None = None
         self.history: dict[str, History] = {}
         self._class_weight_from_data: dict[int, float] | None = None
@@ -173,7 +185,11 @@ class FineTuner:
             raise ConfigError(f'Expected refit to be True, False or "auto". Received: refit={refit!r}.')
         self.refit = refit
         self.refitted: Refit | None = None
-        self._before_refit: tuple[Predictions | None, Evaluation | None] | None = None
+        self.temperature_scaling = temperature_scaling
+        self.calibration: Calibration | None = None
+        # validation predictions and evaluation made once after fit, for the report (and kept
+        # through a refit, which trains on those images)
+        self._held_out: tuple[Predictions | None, Evaluation | None] | None = None
         self._best: Snapshot | None = None
         self._loaded_best: BestEpoch | None = None
         if cache is True:
@@ -258,6 +274,7 @@ class FineTuner:
         self.num_classes = len(self.class_names)
         self.image_size = size
         self.resize, self.background = data.settings.resize, data.settings.background
+        self.augment = data.settings.augment
         self._class_weight_from_data = data.class_weight
         if data.multi_label and self.head is None:
             self.head = Head(task="multi_label")
@@ -275,6 +292,20 @@ class FineTuner:
 
     def _run(self, name: str, phase: Phase, train: TrainData, validation: ValidationData | None, callbacks: Callbacks,
              verbose: Verbose) -> History:
+        stages = phase.stages()
+        if len(stages) == 1:
+            return self._run_stage(name, stages[0], train, validation, callbacks, verbose)
+        merged: History = {}
+        for number, stage in enumerate(stages, start=1):
+            log.info("Phase %s, gradual unfreezing stage %d of %d: %s for %d epochs", name, number, len(stages),
+                     stage.policy, stage.epochs)
+            for key, values in self._run_stage(name, stage, train, validation, callbacks, verbose).items():
+                merged.setdefault(key, []).extend(values)
+            self.history[name] = merged  # the next stage's epochs count on from these
+        return merged
+
+    def _run_stage(self, name: str, phase: Phase, train: TrainData, validation: ValidationData | None,
+                   callbacks: Callbacks, verbose: Verbose) -> History:
         batches = self._bind(train, validation)
         model = self.build()
         summary = phase.policy.apply(model, self.spec, clamp=True)
@@ -283,8 +314,16 @@ class FineTuner:
                  phase.learning_rate, phase.schedule, summary.policy, summary.trainable_params, summary.total_params)
         if phase.epochs == 0:
             return {}
-        trained, train_ds, val_ds = self._what_trains(name, model, batches, callbacks, verbose)
-        if trained is not model:
+        if phase.mix is not None:
+            if self._head().task != "single_label":
+                raise ConfigError(f"Phase(mix={phase.mix!r}) mixes single-label classes; this head is "
+                                  f"{self._head().task!r}.")
+            trained, train_ds, val_ds = model, batches.train, batches.validation  # mixed images: no cached features
+        else:
+            trained, train_ds, val_ds = self._what_trains(name, model, batches, callbacks, verbose)
+        if phase.dense_labels:
+            train_ds, val_ds = self._dense_labels(phase, train_ds, val_ds)
+        if trained is not model or phase.dense_labels:
             self._compile(trained, phase, train_ds)
         keeper = BestWeights(model, phase=name, previous=self._best, by_accuracy=self._ranks_by_accuracy(),
                              every_epoch=self.keep_best == "epoch")
@@ -294,9 +333,13 @@ class FineTuner:
                              class_weight=self._resolve_class_weight(), verbose=verbose,
                              shuffle=False)  # the pipeline shuffles itself
         self.history[name] = {k: [float(v) for v in values] for k, values in result.history.items()}
+        if phase.dense_labels or phase.lr_decay != 1.0:
+            # leave the model compiled as every other phase does: integer labels, one optimizer
+            self._compile(model, dataclasses.replace(phase, label_smoothing=0.0, mix=None, lr_decay=1.0),
+                          batches.train)
         self._best = keeper.restore() if self.keep_best else None  # None: the last epoch's weights
         self._loaded_best = None  # the weights no longer come from the saved run
-        self.refitted = self._before_refit = None
+        self.refitted = self._held_out = self.calibration = None
         return self.history[name]
 
     def _what_trains(self, name: str, model: keras.Model, batches: _Batches, callbacks: Callbacks,
@@ -398,8 +441,48 @@ class FineTuner:
 
     def _compile(self, model: keras.Model, phase: Phase, train: tf.data.Dataset) -> None:
         head = self._head()
-        model.compile(optimizer=phase.make_optimizer(steps_per_epoch(train)), loss=head.loss(),
-                      metrics=head.metrics())
+        dense = phase.dense_labels and head.task == "single_label"
+        model.compile(optimizer=self._optimizer(phase, steps_per_epoch(train)),
+                      loss=head.loss(label_smoothing=phase.label_smoothing, dense_labels=dense),
+                      metrics=head.metrics(dense_labels=dense))
+
+    def _optimizer(self, phase: Phase, steps: int) -> keras.optimizers.Optimizer:
+        """The phase's optimizer; with ``lr_decay`` < 1 one per trainable block group, the rate falling
+        by ``lr_decay`` per group from the top down (the head and the top group at the full rate)."""
+        if phase.lr_decay == 1.0:
+            return phase.make_optimizer(steps)
+        groups = layer_groups(backbone_of(self._require_model()), self.spec.groups)
+        backbone = backbone_of(self._require_model())
+        mapping = keras.optimizers.OptimizerMap(default_optimizer=phase.make_optimizer(steps))
+        for depth, group in enumerate(reversed(list(groups)), start=0):
+            trained = [n for n in groups[group] if backbone.get_layer(n).trainable_weights]
+            if depth == 0 or not trained:
+                continue  # the top group trains with the head; frozen groups need no optimizer
+            pattern = "(" + "|".join(re.escape(n) for n in trained) + ")/.*"
+            mapping[pattern] = phase.make_optimizer(steps, scale=phase.lr_decay ** depth)
+        return keras.optimizers.MultiOptimizer(mapping)
+
+    def _dense_labels(self, phase: Phase, train: tf.data.Dataset, validation: tf.data.Dataset | None
+                      ) -> tuple[tf.data.Dataset, tf.data.Dataset | None]:
+        """One-hot labels for a smoothing or mixing phase (single-label), and the mixing itself."""
+        if self._head().task != "single_label":
+            return train, validation  # multi-hot rows already; BinaryCrossentropy smooths them
+        classes = int(self.num_classes or 0)
+
+        def one_hot(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            return x, tf.one_hot(tf.cast(y, tf.int32), classes)
+
+        train = train.map(one_hot, num_parallel_calls=tf.data.AUTOTUNE)
+        mixer = phase.mixer(seed=self.seed)
+        if mixer is not None:
+            def mix(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+                mixed = mixer({"images": tf.cast(x, tf.float32), "labels": y}, training=True)
+                return mixed["images"], mixed["labels"]
+
+            train = train.map(mix, num_parallel_calls=tf.data.AUTOTUNE)
+        if validation is not None:
+            validation = validation.map(one_hot, num_parallel_calls=tf.data.AUTOTUNE)
+        return train.prefetch(tf.data.AUTOTUNE), validation
 
     def train_head(self, train: TrainData, validation: ValidationData | None = None, *, phase: Phase | None = None,
                    callbacks: Callbacks = (), verbose: Verbose = "auto") -> History:
@@ -435,6 +518,7 @@ class FineTuner:
         self.train_head(train, validation, callbacks=callbacks, verbose=verbose)
         if self.fine_tune_phase is not None and self.fine_tune_phase.epochs:
             self.fine_tune(train, validation, callbacks=callbacks, verbose=verbose)
+        self._after_training(train, validation)
         everything = self._refit_data(train, validation)
         if everything is not None and isinstance(train, ImageData):
             self._refit(train, everything, callbacks, verbose)
@@ -465,8 +549,9 @@ class FineTuner:
         fine = self.fine_tune_phase
         if fine is not None and ran.get("fine_tune") and (best is None or best.phase == "fine_tune"):
             phases.append(("fine_tune", dataclasses.replace(fine, epochs=ran["fine_tune"], patience=None)))
-        held_out = self._validation_results(data)  # measured before the model sees these images
-        history, keep = self.history, self.keep_best
+        # measured before the model sees these images
+        held_out = self._held_out or self._validation_results(data)
+        history, keep, calibration = self.history, self.keep_best, self.calibration
         log.info("Refitting on all %d images (training and validation): %s", len(everything.train_files or ()),
                  ", then ".join(f"{name} phase {phase.epochs} epochs" for name, phase in phases))
         self.model, self.history, self.keep_best, self._best = None, {}, False, None
@@ -476,10 +561,70 @@ class FineTuner:
         finally:
             self.history, self.keep_best = history, keep
         self._best, self._loaded_best = None, best
-        self._before_refit = held_out
+        self._held_out, self.calibration = held_out, calibration
+        if calibration is not None:  # the refitted model is scaled by the temperature fitted before
+            fold_temperature(self._output_layer(), calibration.temperature)
         self.refitted = Refit(phases=tuple(name for name, _ in phases),
                               epochs=tuple(phase.epochs for _, phase in phases),
                               images=len(everything.train_files or ()))
+
+    def _after_training(self, train: TrainData, validation: ValidationData | None) -> None:
+        """One pass over the validation images after the phases: calibrate on it (if asked) and keep
+        the predictions and evaluation for the report."""
+        if validation is not None:
+            outputs, labels = outputs_and_labels(self._require_model(), labelled_batches(validation))
+            examples = None
+        elif isinstance(train, ImageData) and train.validation_files is not None and len(train.validation_files):
+            examples = self.predict(list(train.validation_files.paths))
+            outputs, labels = examples.probabilities, train.validation_files.labels
+        elif isinstance(train, ImageData) and train.validation is not None:
+            outputs, labels = outputs_and_labels(self._require_model(), labelled_batches(train))
+            examples = None
+        else:
+            return  # no validation data: nothing to calibrate on or to report
+        if self.temperature_scaling and self._head().task == "single_label":
+            outputs = self._fold(*calibrate(outputs, labels))
+            if examples is not None:
+                examples = dataclasses.replace(examples, probabilities=outputs)
+        if validation is None:  # the report's data is train's validation split
+            self._held_out = (examples, self._evaluation(outputs, labels))
+
+    def _fold(self, calibration: Calibration, scaled: np.ndarray) -> np.ndarray:
+        """Fold a fitted temperature into the output layer; returns the scaled probabilities."""
+        fold_temperature(self._output_layer(), calibration.temperature)
+        if self.calibration is not None:  # scaled twice: the temperatures multiply
+            calibration = dataclasses.replace(calibration, temperature=self.calibration.temperature
+                                              * calibration.temperature)
+        self.calibration = calibration
+        log.info("Calibrated the probabilities: %s", calibration.describe())
+        return scaled
+
+    def calibrate(self, data: EvalData) -> Calibration:
+        """Fit a temperature on ``data`` (validation images) and fold it into the output layer.
+
+        :meth:`fit` does this for you (``temperature_scaling=True``); call it yourself after
+        training with :meth:`train_head`/:meth:`fine_tune`, or with other held-out images. Only
+        for single-label heads. The accuracy does not change; the probabilities do.
+
+        Args:
+            data: ``ImageData`` (its validation split), a ``tf.data.Dataset`` of
+                ``(images, labels)`` batches, or a class folder with the model's classes.
+
+        Returns:
+            The :class:`Calibration` (also in :attr:`calibration`, saved with the run).
+        """
+        if self._head().task != "single_label":
+            raise ConfigError(f"Temperature scaling is for single-label heads; this head is {self._head().task!r}.")
+        batches = evaluation_batches(data, class_names=self._require_classes(), settings=self._image_settings())
+        self._fold(*calibrate(*outputs_and_labels(self._require_model(), batches)))
+        self._held_out = None
+        assert self.calibration is not None
+        return self.calibration
+
+    def _output_layer(self) -> keras.layers.Dense:
+        model = self._require_model()
+        head = model_parts(model).head
+        return (head or model).get_layer("head_output")
 
     def _validation_results(self, data: ImageData) -> tuple[Predictions | None, Evaluation | None]:
         """Predictions for the validation files (for the report's grid) and the evaluation, in one pass."""
@@ -493,31 +638,46 @@ class FineTuner:
 
     # ------------------------------------------------------------------ inference
 
-    def evaluate(self, data: EvalData) -> Evaluation:
+    def evaluate(self, data: EvalData, *, tta: int = 0, augment: Augment | None = None) -> Evaluation:
         """Accuracy, loss, per-class precision/recall/F1 and the confusion matrix on ``data``.
 
         Args:
             data: ``ImageData`` (its validation split), a ``tf.data.Dataset`` of
                 ``(images, labels)`` batches, or a class folder with the model's classes.
+            tta: Test-time augmentation: average the outputs of the plain images and this many
+                randomly augmented copies (0: off). See :meth:`predict`.
+            augment: The augmentation for ``tta``.
         """
         batches = evaluation_batches(data, class_names=self._require_classes(), settings=self._image_settings())
-        return self._evaluation(*outputs_and_labels(self._require_model(), batches))
+        return self._evaluation(*outputs_and_labels(self._require_model(), batches, tta=self._tta(tta, augment)))
+
+    def _tta(self, views: int, augment: Augment | None) -> TestTimeAugmentation | None:
+        if views == 0:
+            return None
+        return TestTimeAugmentation(views, augment or self.augment or Augment(), seed=self.seed)
 
     def _evaluation(self, outputs: np.ndarray, labels: np.ndarray) -> Evaluation:
         head = self._head()
         return evaluate_outputs(outputs, labels, task=head.task, loss=head.loss(), class_names=self._require_classes())
 
-    def predict(self, images: Images, *, batch_size: int = 32) -> Predictions:
+    def predict(self, images: Images, *, batch_size: int = 32, tta: int = 0, augment: Augment | None = None
+                ) -> Predictions:
         """Class probabilities for image files, a folder of images, arrays or a dataset.
 
         Args:
             images: A path (file or folder), a list of paths, an array ``(n, h, w, 3)`` or
                 ``(h, w, 3)`` of raw 0–255 pixels, or a ``tf.data.Dataset`` of image batches.
             batch_size: Images per forward pass.
+            tta: Test-time augmentation: average the probabilities of the plain images and this
+                many randomly augmented copies (0: off; each view costs one more forward pass).
+            augment: The augmentation for ``tta``: by default the one the training data used
+                in this session, else ``Augment()``. Choose one that keeps the label (no flips
+                for text or digits).
         """
         model, classes = self._require_model(), self._require_classes()
         prepared = prediction_input(images, settings=self._image_settings())
-        return Predictions(predict_outputs(model, prepared, batch_size=batch_size), classes, prepared.paths)
+        outputs = predict_outputs(model, prepared, batch_size=batch_size, tta=self._tta(tta, augment))
+        return Predictions(outputs, classes, prepared.paths)
 
     def write_report(self, data: ImageData, out: PathLike) -> dict[str, Any]:
         """Evaluate on ``data``'s validation split and write metrics.json, labels.txt and the PNGs.
@@ -530,12 +690,12 @@ class FineTuner:
 
         files = data.validation_files
         # a refitted model has trained on the validation images: report what it scored before
-        examples, evaluation = self._before_refit or self._validation_results(data)
+        examples, evaluation = self._held_out or self._validation_results(data)
         return write_report(
             out, class_names=self._require_classes(), history=self.history, evaluation=evaluation,
             examples=examples, truth=files.labels if files is not None else None,
             image_settings=self._image_settings(), skipped=data.skipped, best=self.best_epoch,
-            refit=self.refitted,
+            refit=self.refitted, calibration=self.calibration,
         )
 
     # ------------------------------------------------------------------ persistence
@@ -551,6 +711,7 @@ class FineTuner:
             background=self.background, history=self.history,
             best=self.best_epoch.to_dict() if self.best_epoch is not None else None,
             refit=self.refitted.to_dict() if self.refitted is not None else None,
+            calibration=self.calibration.to_dict() if self.calibration is not None else None,
         )
         return save_run(directory, model, meta)
 
@@ -574,6 +735,8 @@ class FineTuner:
         if meta.best is not None:  # the saved weights are the best ones: later phases have to beat them
             # where the saved weights came from; new training is judged on its own validation data
             tuner._loaded_best = BestEpoch(**meta.best)
+        if meta.calibration is not None:
+            tuner.calibration = Calibration.from_dict(meta.calibration)
         if meta.refit is not None:
             tuner.refitted = Refit(phases=tuple(meta.refit["phases"]), epochs=tuple(meta.refit["epochs"]),
                                    images=int(meta.refit["images"]))

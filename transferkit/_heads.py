@@ -56,16 +56,23 @@ class Head:
     def output_activation(self) -> str:
         return {"single_label": "softmax", "multi_label": "sigmoid", "regression": "linear"}[self.task]
 
-    def loss(self) -> keras.losses.Loss:
-        """The loss that matches the head's task (integer labels for single-label)."""
+    def loss(self, *, label_smoothing: float = 0.0, dense_labels: bool = False) -> keras.losses.Loss:
+        """The loss that matches the head's task: integer labels for single-label, one-hot rows with
+        ``dense_labels`` (label smoothing and mixing need them)."""
         if self.task == "single_label":
+            if dense_labels:
+                return keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
             return keras.losses.SparseCategoricalCrossentropy()
         if self.task == "multi_label":
-            return keras.losses.BinaryCrossentropy()
+            return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
+        if label_smoothing:
+            raise ConfigError("label_smoothing is for classification heads; this head is a regression.")
         return keras.losses.MeanSquaredError()
 
-    def metrics(self) -> list[keras.metrics.Metric]:
+    def metrics(self, *, dense_labels: bool = False) -> list[keras.metrics.Metric]:
         if self.task == "single_label":
+            if dense_labels:
+                return [keras.metrics.CategoricalAccuracy(name="accuracy")]
             return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
         if self.task == "multi_label":
             return [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc", multi_label=True)]

@@ -11,8 +11,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from transferkit._errors import DataError
+from transferkit._errors import ConfigError, DataError
 from transferkit._types import EvalData, Images
+from transferkit.data._augment import Augment
 from transferkit.data._images import as_image_batch, load_image
 from transferkit.data._loaders import ImageData
 from transferkit.data._pipelines import PipelineSettings, file_pipeline
@@ -50,11 +51,44 @@ def labelled_batches(data: ImageData | tf.data.Dataset) -> tf.data.Dataset:
     raise DataError(f"Expected ImageData or a tf.data.Dataset of (images, labels). Received: {type(data).__name__}.")
 
 
-def outputs_and_labels(model: keras.Model, batches: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """The model's outputs (inference mode) and the labels, over every ``(images, labels)`` batch."""
+@dataclass(frozen=True)
+class TestTimeAugmentation:
+    """Average the model's outputs over the plain images and ``views`` randomly augmented copies.
+
+    The augmentation layers are called with ``training=True`` explicitly (Keras leaves them
+    inactive at inference otherwise); the model itself always runs in inference mode.
+    """
+
+    views: int
+    augment: Augment
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.views, int) or self.views < 0:
+            raise ConfigError(f"Expected tta to be an integer >= 0 (augmented views). Received: tta={self.views!r}.")
+
+    def run(self, model: keras.Model, images: tf.Tensor | np.ndarray) -> np.ndarray:
+        total = np.asarray(model(images, training=False))
+        if self.views:
+            layers = self.augment.layers(seed=self.seed)
+            total = total.astype(np.float64)
+            for _ in range(self.views):
+                total += np.asarray(model(layers(images, training=True), training=False))
+            total = (total / (self.views + 1)).astype(np.float32)
+        return total
+
+
+def _call(model: keras.Model, images: tf.Tensor | np.ndarray, tta: TestTimeAugmentation | None) -> np.ndarray:
+    return tta.run(model, images) if tta is not None else model(images, training=False).numpy()
+
+
+def outputs_and_labels(model: keras.Model, batches: tf.data.Dataset, *, tta: TestTimeAugmentation | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """The model's outputs (inference mode, averaged over augmented views with ``tta``) and the labels,
+    over every ``(images, labels)`` batch."""
     outputs, labels = [], []
     for images, batch_labels in batches:
-        outputs.append(model(images, training=False).numpy())
+        outputs.append(_call(model, images, tta))
         labels.append(batch_labels.numpy())
     if not outputs:
         raise DataError("The evaluation data is empty.")
@@ -87,9 +121,12 @@ def prediction_input(images: Images, *, settings: PipelineSettings) -> Predictio
     return PredictionInput(array)
 
 
-def predict_outputs(model: keras.Model, prepared: PredictionInput, *, batch_size: int) -> np.ndarray:
+def predict_outputs(model: keras.Model, prepared: PredictionInput, *, batch_size: int,
+                    tta: TestTimeAugmentation | None = None) -> np.ndarray:
     """The model's outputs for prepared images (a batch of a dataset may be ``images`` or ``(images, …)``)."""
     if isinstance(prepared.images, tf.data.Dataset):
-        return np.concatenate([model(x[0] if isinstance(x, tuple) else x, training=False).numpy()
-                               for x in prepared.images])
+        return np.concatenate([_call(model, x[0] if isinstance(x, tuple) else x, tta) for x in prepared.images])
+    if tta is not None:
+        return np.concatenate([tta.run(model, prepared.images[i:i + batch_size])
+                               for i in range(0, len(prepared.images), batch_size)])
     return np.asarray(model.predict(prepared.images, batch_size=batch_size, verbose=0))

@@ -14,6 +14,7 @@ from transferkit._freezing import FreezeAll, FreezePolicy, UnfreezeTop
 
 SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+MIXES = ("mixup", "cutmix")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,6 +34,24 @@ class Phase:
             (validation loss for multi-label and regression heads); ``None`` runs every epoch.
             Needs validation data. Which weights are kept afterwards is the FineTuner's
             ``keep_best``.
+        label_smoothing: Train towards ``1 - s`` for the true class and ``s / classes`` for
+            each class (classification heads; 0 disables). Validation losses logged during the
+            phase are smoothed too; :meth:`FineTuner.evaluate` reports the plain loss.
+        mix: ``"mixup"`` (blend pairs of images and their labels) or ``"cutmix"`` (paste a patch
+            of one image into another, labels in proportion to the area) on each training batch,
+            with Keras' ``MixUp``/``CutMix`` layers; ``None`` disables. Single-label heads only.
+            A mixing phase runs the whole network every epoch (mixed images have no cached
+            features), so it costs what an augmented phase costs.
+        mix_strength: MixUp's ``alpha`` or CutMix's ``factor`` (Keras' defaults: 0.2 and 1.0
+            when left at ``None``).
+        lr_decay: Discriminative learning rates: the head and the backbone's top group train at
+            ``learning_rate``, the block below at ``learning_rate * lr_decay``, the next at
+            ``learning_rate * lr_decay**2``, down to the stem (fastai's ``slice(lo, hi)`` over
+            layer groups, with ``lo = hi * lr_decay**(groups - 1)``). 1 (the default) trains
+            every group at the same rate. Uses ``keras.optimizers.MultiOptimizer``.
+        gradual: Gradual unfreezing (with ``UnfreezeTop(n)``): split the phase into ``n``
+            stages that unfreeze the top 1, 2, …, ``n`` blocks in turn, the epochs shared out
+            evenly (the last stages get the remainder). Each stage starts its own schedule.
 
     Example:
         >>> Phase(epochs=10, learning_rate=1e-5, policy=UnfreezeTop(4), schedule="cosine")
@@ -46,6 +65,11 @@ class Phase:
     optimizer: str = "adam"
     weight_decay: float = 1e-4
     patience: int | None = None
+    label_smoothing: float = 0.0
+    mix: str | None = None
+    mix_strength: float | None = None
+    lr_decay: float = 1.0
+    gradual: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 0:
@@ -62,25 +86,66 @@ class Phase:
             raise ConfigError(f"Expected warmup_epochs >= 0. Received: warmup_epochs={self.warmup_epochs!r}.")
         if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
             raise ConfigError(f"Expected patience to be an integer >= 1 or None. Received: patience={self.patience!r}.")
+        if not isinstance(self.label_smoothing, (int, float)) or not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(
+                f"Expected label_smoothing in [0, 1). Received: label_smoothing={self.label_smoothing!r}.")
+        if self.mix is not None:
+            check_choice("mix", self.mix, MIXES)
+        strength = self.mix_strength
+        if strength is not None and (not isinstance(strength, (int, float)) or strength <= 0):
+            raise ConfigError(f"Expected mix_strength > 0 or None. Received: mix_strength={self.mix_strength!r}.")
 
-    def learning_rate_schedule(self, steps_per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
-        """The learning rate (constant) or schedule (cosine) for a phase of this many steps per epoch."""
-        rate: float | keras.optimizers.schedules.LearningRateSchedule = float(self.learning_rate)
+        if not isinstance(self.lr_decay, (int, float)) or not 0.0 < self.lr_decay <= 1.0:
+            raise ConfigError(f"Expected lr_decay in (0, 1]. Received: lr_decay={self.lr_decay!r}.")
+        if self.gradual and not isinstance(self.policy, UnfreezeTop):
+            raise ConfigError(f"gradual=True opens one more block per stage, which needs policy=UnfreezeTop(n). "
+                              f"Received: policy={self.policy!r}.")
+
+    def stages(self) -> list[Phase]:
+        """The phases a gradual phase runs one after the other (itself when not gradual)."""
+        if not self.gradual or not isinstance(self.policy, UnfreezeTop) or self.policy.blocks <= 1:
+            return [dataclasses.replace(self, gradual=False)]
+        count = min(self.policy.blocks, max(self.epochs, 1))
+        base, extra = divmod(self.epochs, count)
+        blocks = [round(self.policy.blocks * (i + 1) / count) for i in range(count)]
+        return [dataclasses.replace(self, gradual=False, policy=dataclasses.replace(self.policy, blocks=b),
+                                    epochs=base + (1 if i >= count - extra else 0))
+                for i, b in enumerate(blocks)]
+
+    @property
+    def dense_labels(self) -> bool:
+        """Whether the phase trains on one-hot (possibly soft) labels instead of class indices."""
+        return bool(self.label_smoothing) or self.mix is not None
+
+    def mixer(self, seed: int | None = None) -> keras.layers.Layer | None:
+        """The Keras MixUp or CutMix layer of this phase (``None`` without mixing)."""
+        if self.mix is None:
+            return None
+        if self.mix == "mixup":
+            return keras.layers.MixUp(alpha=0.2 if self.mix_strength is None else self.mix_strength, seed=seed)
+        return keras.layers.CutMix(factor=1.0 if self.mix_strength is None else self.mix_strength, seed=seed)
+
+    def learning_rate_schedule(self, steps_per_epoch: int, *, scale: float = 1.0
+                               ) -> float | keras.optimizers.schedules.LearningRateSchedule:
+        """The learning rate (constant) or schedule (cosine) for a phase of this many steps per epoch,
+        times ``scale``."""
+        peak = float(self.learning_rate) * scale
+        rate: float | keras.optimizers.schedules.LearningRateSchedule = peak
         if self.schedule == "cosine":
             total = max(1, self.epochs * steps_per_epoch)
             # a phase shorter than its warm-up still gets half of its steps for decay
             warmup = min(int(round(self.warmup_epochs * steps_per_epoch)), total // 2)
             rate = keras.optimizers.schedules.CosineDecay(
-                initial_learning_rate=0.0 if warmup else float(self.learning_rate),
+                initial_learning_rate=0.0 if warmup else peak,
                 decay_steps=max(1, total - warmup),
-                warmup_target=float(self.learning_rate) if warmup else None,
+                warmup_target=peak if warmup else None,
                 warmup_steps=warmup,
             )
         return rate
 
-    def make_optimizer(self, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-        """A fresh optimizer with this phase's learning-rate schedule."""
-        rate = self.learning_rate_schedule(steps_per_epoch)
+    def make_optimizer(self, steps_per_epoch: int, *, scale: float = 1.0) -> keras.optimizers.Optimizer:
+        """A fresh optimizer with this phase's learning-rate schedule (times ``scale``)."""
+        rate = self.learning_rate_schedule(steps_per_epoch, scale=scale)
         if self.optimizer == "adamw":
             return keras.optimizers.AdamW(learning_rate=rate, weight_decay=self.weight_decay)
         if self.optimizer == "sgd":

@@ -40,6 +40,7 @@ class RunMetadata:
     history: dict[str, History] = field(default_factory=dict)
     best: dict[str, Any] | None = None
     refit: dict[str, Any] | None = None
+    calibration: dict[str, Any] | None = None
     format: int = FORMAT
 
     def to_json(self) -> str:
@@ -59,6 +60,7 @@ class RunMetadata:
             image_size=int(data["image_size"]), class_names=tuple(data["class_names"]), head=data["head"],
             resize=data.get("resize", "pad"), background=tuple(data.get("background", (255, 255, 255))),
             history=data.get("history", {}), best=data.get("best"), refit=data.get("refit"),
+            calibration=data.get("calibration"),
             format=version,
         )
 

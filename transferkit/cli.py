@@ -5,8 +5,8 @@
     transferkit demo [--out DIR]
     transferkit lr-find DATA_DIR --backbone NAME --weights W [--phase head|fine-tune] [--out DIR]
     transferkit tune DATA_DIR --backbone NAME --weights W [--max-trials 20] [--tuner random|bayesian|hyperband]
-    transferkit evaluate RUN_DIR DATA_DIR
-    transferkit predict RUN_DIR IMAGE_OR_DIR [--top-k 3] [--json]
+    transferkit evaluate RUN_DIR DATA_DIR [--tta N [--no-flip]] [--json]
+    transferkit predict RUN_DIR IMAGE_OR_DIR [--top-k 3] [--tta N [--no-flip]] [--json]
 
 Every mistake a user can make prints one line starting with ``error:`` and exits with status 2.
 """
@@ -89,6 +89,11 @@ def _train_defaults() -> dict[str, Any]:
         "balanced": False,
         "keep_last": False,
         "refit": "auto",
+        "label_smoothing": None,  # None: the phases' own (0)
+        "mix": None,
+        "lr_decay": None,
+        "gradual": False,
+        "calibrate": True,
         "seed": None,
         "out": "run",
     }
@@ -170,10 +175,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
         fine = dataclasses.replace(fine, learning_rate=o["fine_tune_learning_rate"])
     if o["unfreeze_blocks"] is not None:
         fine = dataclasses.replace(fine, policy=tk.UnfreezeTop(o["unfreeze_blocks"]))
+    if o["label_smoothing"] is not None:
+        head_phase = dataclasses.replace(head_phase, label_smoothing=float(o["label_smoothing"]))
+        fine = dataclasses.replace(fine, label_smoothing=float(o["label_smoothing"]))
+    if o["mix"] is not None:  # the fine-tune phase only: the head phase keeps training on cached features
+        fine = dataclasses.replace(fine, mix=str(o["mix"]))
+    if o["lr_decay"] is not None:
+        fine = dataclasses.replace(fine, lr_decay=float(o["lr_decay"]))
+    if o["gradual"]:
+        fine = dataclasses.replace(fine, gradual=True)
     tuner = tk.FineTuner(spec, weights=_weights(str(o["weights"])), head_phase=head_phase,
                          fine_tune_phase=fine if fine.epochs else None, seed=data.settings.seed,
                          class_weight="balanced" if o["balanced"] else None, keep_best=not o["keep_last"],
-                         refit=_refit_choice(o["refit"]))
+                         refit=_refit_choice(o["refit"]), temperature_scaling=bool(o["calibrate"]))
     print(f"Training {spec.name} on {data.num_train} images ({data.num_validation} for validation), "
           f"classes: {', '.join(data.class_names)}")
     tuner.fit(data)
@@ -184,6 +198,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"Kept the weights of the best validated {tuner.best_epoch.describe()}.")
     if tuner.refitted is not None:
         print(f"Then {tuner.refitted.describe()}; the validation figures are those before the refit.")
+    if tuner.calibration is not None:
+        print(f"Calibrated the probabilities: {tuner.calibration.describe()}.")
     if "validation" in metrics:
         print(f"Validation accuracy: {metrics['validation']['accuracy']:.4f}")
     print(f"Saved the model, metrics.json and plots to {out}")
@@ -278,7 +294,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     import transferkit as tk
 
     tuner = tk.FineTuner.load(args.run_dir)
-    evaluation = tuner.evaluate(args.data_dir)
+    evaluation = tuner.evaluate(args.data_dir, **_tta(args))
     if args.json:
         print(json.dumps(evaluation.to_dict(), indent=2))
         return 0
@@ -289,11 +305,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tta(args: argparse.Namespace) -> dict[str, Any]:
+    """--tta N [--no-flip] as evaluate/predict keywords."""
+    import transferkit as tk
+
+    if args.tta < 0:
+        raise _UsageError(f"--tta {args.tta}: expected the number of augmented views, 0 or more.")
+    return {"tta": args.tta, "augment": tk.Augment(flip=None) if args.no_flip else None}
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     import transferkit as tk
 
     tuner = tk.FineTuner.load(args.run_dir)
-    predictions = tuner.predict(args.images)
+    predictions = tuner.predict(args.images, **_tta(args))
     paths = predictions.paths or ()
     tops = predictions.top(args.top_k)
     if args.json:
@@ -345,6 +370,15 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--balanced", action="store_true", default=None, help="weight classes by inverse frequency")
     p.add_argument("--keep-last", action="store_true", default=None,
                    help="keep the last epoch's weights instead of the best validated epoch's")
+    p.add_argument("--label-smoothing", type=float, help="label smoothing of both phases (default 0)")
+    p.add_argument("--mix", choices=["mixup", "cutmix"], help="MixUp or CutMix in the fine-tune phase")
+    p.add_argument("--lr-decay", type=float,
+                   help="discriminative learning rates in the fine-tune phase: each lower block group trains at "
+                        "this factor times the rate of the one above (default 1)")
+    p.add_argument("--gradual", action="store_true", default=None,
+                   help="fine-tune with gradual unfreezing: one more block per stage")
+    p.add_argument("--no-calibration", dest="calibrate", action="store_false", default=None,
+                   help="skip temperature scaling of the probabilities")
     p.add_argument("--refit", choices=["auto", "always", "never"],
                    help="train again on training + validation images for the epochs kept (auto: up to "
                         f"{REFIT_MAX_IMAGES} images)")
@@ -389,6 +423,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="metrics of a saved run on DATA_DIR/<class>/<images>")
     p.add_argument("run_dir")
     p.add_argument("data_dir")
+    _tta_options(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -396,9 +431,16 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("images")
     p.add_argument("--top-k", type=int, default=TOP_K)
+    _tta_options(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_predict)
     return parser
+
+
+def _tta_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tta", type=int, default=0,
+                   help="test-time augmentation: average over the image and N augmented copies (default 0: off)")
+    p.add_argument("--no-flip", action="store_true", help="no flips in the --tta copies (text, digits, …)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

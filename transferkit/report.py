@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from transferkit._calibration import Calibration
 from transferkit._errors import MissingDependencyError
 from transferkit._lr_find import LearningRateSweep
 from transferkit._metrics import MULTI_LABEL_THRESHOLD, Evaluation, Predictions
@@ -25,7 +26,8 @@ from transferkit._types import History, PathLike
 from transferkit.data._images import load_image
 from transferkit.data._pipelines import PipelineSettings
 
-__all__ = ["plot_confusion_matrix", "plot_history", "plot_lr_find", "plot_predictions", "plot_scores", "write_report"]
+__all__ = ["plot_confusion_matrix", "plot_history", "plot_lr_find", "plot_predictions", "plot_reliability",
+           "plot_scores", "write_report"]
 
 if TYPE_CHECKING:
     from transferkit._tuning import SearchResult
@@ -131,6 +133,29 @@ def plot_predictions(
     return _save(fig, path)
 
 
+def plot_reliability(calibration: Calibration, path: PathLike) -> Path:
+    """Reliability diagram: accuracy against confidence per bin, before and after temperature scaling.
+
+    A calibrated model's points lie on the diagonal; points below it are over-confident bins.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], "--", color="gray", label="perfectly calibrated")
+    for part, label, marker in ((calibration.before, f"before (ECE {calibration.ece_before:.3f})", "o"),
+                                (calibration.after, f"T = {calibration.temperature:.2f} "
+                                                    f"(ECE {calibration.ece_after:.3f})", "s")):
+        points = [(c, a) for c, a, n in zip(part.confidence, part.accuracy, part.counts) if n]
+        ax.plot([c for c, _ in points], [a for _, a in points], marker=marker, label=label)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top-class probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Reliability on {calibration.images} validation images")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def plot_scores(result: SearchResult, path: PathLike) -> Path:
     """Score of each trial of a search (a :class:`~transferkit.SearchResult`) in order, with the best so far."""
     plt = _pyplot()
@@ -195,6 +220,7 @@ def write_report(
     skipped: Sequence[tuple[str, str]] = (),
     best: BestEpoch | None = None,
     refit: Refit | None = None,
+    calibration: Calibration | None = None,
     grid: int = 10,
 ) -> dict[str, Any]:
     """Write labels.txt, metrics.json and the PNGs of a run into ``out``; returns the metrics written.
@@ -216,6 +242,8 @@ def write_report(
             ``best`` in metrics.json.
         refit: What was trained again on all images (``FineTuner.refitted``), recorded as
             ``refit``; ``evaluation`` is then that of the model before the refit.
+        calibration: The temperature scaling (``FineTuner.calibration``), recorded as
+            ``calibration`` with its reliability diagram in ``reliability.png``.
         grid: Number of examples in the grid.
     """
     root = Path(out)
@@ -223,7 +251,10 @@ def write_report(
     (root / "labels.txt").write_text("\n".join(class_names) + "\n")
     metrics: dict[str, Any] = {"history": history, "skipped": [list(s) for s in skipped],
                                "best": best.to_dict() if best is not None else None,
-                               "refit": refit.to_dict() if refit is not None else None}
+                               "refit": refit.to_dict() if refit is not None else None,
+                               "calibration": calibration.to_dict() if calibration is not None else None}
+    if calibration is not None:
+        plot_reliability(calibration, root / "reliability.png")
     plot_history(history, root / "training_curves.png")
     if evaluation is not None:
         metrics["validation"] = evaluation.to_dict()

@@ -395,6 +395,9 @@ def test_fit_calibrates_probabilities_without_changing_predictions(tmp_path):
     assert metrics["calibration"]["temperature"] == pytest.approx(calibration.temperature)
     assert (tmp_path / "run" / "reliability.png").stat().st_size > 0
     assert metrics["validation"]["accuracy"] == pytest.approx(plain.evaluate(data).accuracy)
+    # the report's figures came from the cached validation features, scaled: the same as a fresh pass
+    assert tuner._cached_validation is not None
+    assert metrics["validation"]["loss"] == pytest.approx(tuner.evaluate(data).loss, rel=1e-4)
     tuner.save(tmp_path / "run")
     loaded = tk.FineTuner.load(tmp_path / "run")
     assert loaded.calibration.temperature == tuner.calibration.temperature

@@ -190,6 +190,7 @@ class FineTuner:
         # validation predictions and evaluation made once after fit, for the report (and kept
         # through a refit, which trains on those images)
         self._held_out: tuple[Predictions | None, Evaluation | None] | None = None
+        self._cached_validation: tuple[keras.Model, tf.data.Dataset] | None = None
         self._best: Snapshot | None = None
         self._loaded_best: BestEpoch | None = None
         if cache is True:
@@ -340,6 +341,10 @@ class FineTuner:
         self._best = keeper.restore() if self.keep_best else None  # None: the last epoch's weights
         self._loaded_best = None  # the weights no longer come from the saved run
         self.refitted = self._held_out = self.calibration = None
+        # the validation features of a cached phase give the whole model's outputs through the part
+        # above them: the report and the calibration need no second pass over the images
+        cached = trained is not model and val_ds is not None and not phase.dense_labels
+        self._cached_validation = (trained, val_ds) if cached else None
         return self.history[name]
 
     def _what_trains(self, name: str, model: keras.Model, batches: _Batches, callbacks: Callbacks,
@@ -575,8 +580,9 @@ class FineTuner:
             outputs, labels = outputs_and_labels(self._require_model(), labelled_batches(validation))
             examples = None
         elif isinstance(train, ImageData) and train.validation_files is not None and len(train.validation_files):
-            examples = self.predict(list(train.validation_files.paths))
-            outputs, labels = examples.probabilities, train.validation_files.labels
+            files = train.validation_files
+            outputs, labels = self._validation_outputs(train, files.labels)
+            examples = Predictions(outputs, self._require_classes(), files.paths)
         elif isinstance(train, ImageData) and train.validation is not None:
             outputs, labels = outputs_and_labels(self._require_model(), labelled_batches(train))
             examples = None
@@ -588,6 +594,16 @@ class FineTuner:
                 examples = dataclasses.replace(examples, probabilities=outputs)
         if validation is None:  # the report's data is train's validation split
             self._held_out = (examples, self._evaluation(outputs, labels))
+
+    def _validation_outputs(self, data: ImageData, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The model's outputs for the validation split of the data just trained on: from its cached
+        features when the last phase had them, else by running the network over the images."""
+        if self._cached_validation is not None:
+            part, features = self._cached_validation
+            outputs, cached_labels = outputs_and_labels(part, features)
+            if cached_labels.shape == labels.shape and np.array_equal(cached_labels, labels):
+                return outputs, labels
+        return outputs_and_labels(self._require_model(), labelled_batches(data))
 
     def _fold(self, calibration: Calibration, scaled: np.ndarray) -> np.ndarray:
         """Fold a fitted temperature into the output layer; returns the scaled probabilities."""

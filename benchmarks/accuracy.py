@@ -53,7 +53,6 @@ from PIL import Image
 from selection import write_task
 
 import transferkit as tk
-from transferkit._demo import train_from_scratch
 
 Task = tuple[Path, Path, int]  # train folder, test folder, image size
 
@@ -186,6 +185,8 @@ def transferkit_recipe(train: Path, test: Path, size: int, seed: int) -> float:
 
 
 def scratch_recipe(train: Path, test: Path, size: int, seed: int) -> float:
+    from transferkit._demo import train_from_scratch
+
     data = tk.load_folder(train, image_size=size, seed=seed)
     tuner = train_from_scratch("mobilenet", data, epochs=20, seed=seed)
     return tuner.evaluate(test).accuracy

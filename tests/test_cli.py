@@ -79,6 +79,13 @@ def test_refit_flag_and_config_key(tmp_path, capsys):
     config.write_text('refit = "sometimes"\n')
     assert main([*common, "--config", str(config), "--out", str(tmp_path / "bad")]) == 2
     assert "--refit 'sometimes': expected auto, always or never" in capsys.readouterr().err
+    for line, message in (("refit = [1]", "expected auto, always or never"),
+                          ('lr_decay = "abc"', "lr_decay = 'abc': expected a number"),
+                          ('calibrate = "no"', "calibrate = 'no': expected true or false")):
+        config.write_text(line + "\n")
+        assert main([*common, "--config", str(config), "--out", str(tmp_path / "bad")]) == 2
+        error = capsys.readouterr().err
+        assert message in error and "Traceback" not in error
 
 
 def test_recipe_flags_smoothing_mixing_calibration_and_tta(tmp_path, capsys):

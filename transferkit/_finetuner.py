@@ -114,9 +114,13 @@ class FineTuner:
             validation images together, for the epochs of the phases kept (the fine-tune phase
             only if it was kept). ``"auto"`` (default) does this for ImageData from files of at
             most ``REFIT_MAX_IMAGES`` images, where holding a fifth of the images out costs the
-            most; ``True`` always (ImageData from files only); ``False`` never. The validation
-            figures (report, ``metrics.json``) are those of the model before refitting, measured
-            on images it had not seen; :attr:`refitted` says what was refitted.
+            most; ``True`` always (ImageData from files only); ``False`` never. Only a
+            :meth:`fit` that builds the model refits (one that continues a trained or loaded
+            model does not: the refit starts from the pretrained weights), and the user's
+            callbacks do not run during the refit. The validation figures (report,
+            ``metrics.json``), :attr:`best_epoch` and the temperature are those of the model
+            before refitting, measured on images it had not seen; :attr:`refitted` says what was
+            refitted. A refit after ``keep_best="epoch"`` runs every epoch the phases ran.
         temperature_scaling: At the end of :meth:`fit`, fit a temperature on the validation
             split and fold it into the output layer, so that predicted probabilities match how
             often the model is right (single-label heads with validation data; accuracy does
@@ -449,7 +453,7 @@ class FineTuner:
         dense = phase.dense_labels and head.task == "single_label"
         model.compile(optimizer=self._optimizer(phase, steps_per_epoch(train)),
                       loss=head.loss(label_smoothing=phase.label_smoothing, dense_labels=dense),
-                      metrics=head.metrics(dense_labels=dense))
+                      metrics=head.metrics(dense_labels=dense, label_smoothing=phase.label_smoothing))
 
     def _optimizer(self, phase: Phase, steps: int) -> keras.optimizers.Optimizer:
         """The phase's optimizer; with ``lr_decay`` < 1 one per trainable block group, the rate falling
@@ -520,34 +524,44 @@ class FineTuner:
         Returns:
             ``{"head": history, "fine_tune": history}``.
         """
+        if isinstance(train, (str, os.PathLike)):  # load once: calibration and refit need the ImageData
+            train = load_folder(train, image_size=self.image_size or self.spec.input_size, seed=self.seed or 0)
+        everything = self._refit_data(train, validation, fresh=self.model is None)  # checked before training
         self.train_head(train, validation, callbacks=callbacks, verbose=verbose)
         if self.fine_tune_phase is not None and self.fine_tune_phase.epochs:
             self.fine_tune(train, validation, callbacks=callbacks, verbose=verbose)
         self._after_training(train, validation)
-        everything = self._refit_data(train, validation)
         if everything is not None and isinstance(train, ImageData):
-            self._refit(train, everything, callbacks, verbose)
+            self._refit(train, everything, verbose)
         return self.history
 
-    def _refit_data(self, train: TrainData, validation: ValidationData | None) -> ImageData | None:
+    def _refit_data(self, train: TrainData, validation: ValidationData | None, *, fresh: bool) -> ImageData | None:
         """The training and validation images as one training set, when :meth:`fit` refits."""
         if self.refit is False:
             return None
         usable = (isinstance(train, ImageData) and validation is None and train.train_files is not None
                   and train.validation_files is not None and len(train.validation_files) > 0)
-        if not usable:
+        if not usable or not fresh:
             if self.refit is True:
-                raise ConfigError("refit=True trains again on the training and validation images together, which "
-                                  "needs ImageData from files with a validation split (load_folder, load_csv or "
-                                  "from_files). Pass refit=False or \"auto\" for other data.")
+                reason = ("needs ImageData from files with a validation split (load_folder, load_csv or from_files)"
+                          if usable is False else "starts again from the pretrained weights, and this FineTuner "
+                          "already holds a trained (or loaded) model that fit() continues")
+                raise ConfigError(f"refit=True trains again on the training and validation images together, which "
+                                  f"{reason}. Pass refit=False, or \"auto\" to refit only where it applies.")
+            if not fresh:
+                log.info("Not refitting: fit() continued a model that was already built, trained or loaded.")
             return None
         assert isinstance(train, ImageData)
         if self.refit == "auto" and train.num_train + train.num_validation > REFIT_MAX_IMAGES:
             return None
         return all_images(train)
 
-    def _refit(self, data: ImageData, everything: ImageData, callbacks: Callbacks, verbose: Verbose) -> None:
-        """Train again from the pretrained weights on ``everything``, for the epochs of the phases kept."""
+    def _refit(self, data: ImageData, everything: ImageData, verbose: Verbose) -> None:
+        """Train again from the pretrained weights on ``everything``, for the epochs of the phases kept.
+
+        The user's callbacks do not run again: the refit has no validation data and its epochs would
+        restart from the beginning in their logs.
+        """
         ran = {name: len(next(iter(h.values()), [])) for name, h in self.history.items()}
         best = self.best_epoch
         phases = [("head", dataclasses.replace(self.head_phase, epochs=ran.get("head", 0), patience=None))]
@@ -562,7 +576,7 @@ class FineTuner:
         self.model, self.history, self.keep_best, self._best = None, {}, False, None
         try:
             for name, phase in phases:
-                self._run(name, phase, everything, None, callbacks, verbose)
+                self._run(name, phase, everything, None, (), verbose)
         finally:
             self.history, self.keep_best = history, keep
         self._best, self._loaded_best = None, best
@@ -706,6 +720,9 @@ class FineTuner:
 
         files = data.validation_files
         # a refitted model has trained on the validation images: report what it scored before
+        if self._held_out is None and self.refitted is not None:
+            log.warning("This model was refitted on its training and validation images: the validation figures "
+                        "of this report come from images it has trained on and are optimistic.")
         examples, evaluation = self._held_out or self._validation_results(data)
         return write_report(
             out, class_names=self._require_classes(), history=self.history, evaluation=evaluation,

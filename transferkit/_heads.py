@@ -69,13 +69,21 @@ class Head:
             raise ConfigError("label_smoothing is for classification heads; this head is a regression.")
         return keras.losses.MeanSquaredError()
 
-    def metrics(self, *, dense_labels: bool = False) -> list[keras.metrics.Metric]:
+    def metrics(self, *, dense_labels: bool = False, label_smoothing: float = 0.0) -> list[keras.metrics.Metric]:
+        """Accuracy (MAE for regression); with label smoothing also the unsmoothed cross-entropy as
+        ``plain_loss``, which is what epochs of different phases are compared by."""
+        plain: list[keras.metrics.Metric] = []
+        if label_smoothing and self.task == "single_label":
+            plain = [keras.metrics.CategoricalCrossentropy(name="plain_loss")]
+        elif label_smoothing and self.task == "multi_label":
+            plain = [keras.metrics.BinaryCrossentropy(name="plain_loss")]
         if self.task == "single_label":
             if dense_labels:
-                return [keras.metrics.CategoricalAccuracy(name="accuracy")]
+                return [keras.metrics.CategoricalAccuracy(name="accuracy"), *plain]
             return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
         if self.task == "multi_label":
-            return [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc", multi_label=True)]
+            return [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc", multi_label=True),
+                    *plain]
         return [keras.metrics.MeanAbsoluteError(name="mae")]
 
     def build(self, features: keras.KerasTensor, num_outputs: int) -> keras.KerasTensor:

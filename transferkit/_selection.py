@@ -120,7 +120,8 @@ class BestWeights(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         logs = logs or {}
-        loss = logs.get("val_loss")
+        # a label-smoothing phase logs its smoothed loss as val_loss; phases compare unsmoothed losses
+        loss = logs.get("val_plain_loss", logs.get("val_loss"))
         if loss is None:
             return
         self._validated = True

@@ -161,7 +161,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     o = _train_options(args)
     spec = tk.get_backbone(o["backbone"] or DEFAULT_BACKBONE)
-    data = tk.load_folder(o["data_dir"], augment=tk.Augment() if o["augment"] else None, progress=True,
+    data = tk.load_folder(o["data_dir"], augment=tk.Augment() if _flag(o, "augment") else None, progress=True,
                           **_pipeline_options(o, spec))
     head_phase = tk.HEAD_PHASE
     if o["epochs"] is not None:
@@ -176,18 +176,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if o["unfreeze_blocks"] is not None:
         fine = dataclasses.replace(fine, policy=tk.UnfreezeTop(o["unfreeze_blocks"]))
     if o["label_smoothing"] is not None:
-        head_phase = dataclasses.replace(head_phase, label_smoothing=float(o["label_smoothing"]))
-        fine = dataclasses.replace(fine, label_smoothing=float(o["label_smoothing"]))
+        head_phase = dataclasses.replace(head_phase, label_smoothing=_number(o, "label_smoothing"))
+        fine = dataclasses.replace(fine, label_smoothing=_number(o, "label_smoothing"))
     if o["mix"] is not None:  # the fine-tune phase only: the head phase keeps training on cached features
         fine = dataclasses.replace(fine, mix=str(o["mix"]))
     if o["lr_decay"] is not None:
-        fine = dataclasses.replace(fine, lr_decay=float(o["lr_decay"]))
-    if o["gradual"]:
+        fine = dataclasses.replace(fine, lr_decay=_number(o, "lr_decay"))
+    if _flag(o, "gradual"):
         fine = dataclasses.replace(fine, gradual=True)
     tuner = tk.FineTuner(spec, weights=_weights(str(o["weights"])), head_phase=head_phase,
                          fine_tune_phase=fine if fine.epochs else None, seed=data.settings.seed,
-                         class_weight="balanced" if o["balanced"] else None, keep_best=not o["keep_last"],
-                         refit=_refit_choice(o["refit"]), temperature_scaling=bool(o["calibrate"]))
+                         class_weight="balanced" if _flag(o, "balanced") else None,
+                         keep_best=not _flag(o, "keep_last"),
+                         refit=_refit_choice(o["refit"]), temperature_scaling=_flag(o, "calibrate"))
     print(f"Training {spec.name} on {data.num_train} images ({data.num_validation} for validation), "
           f"classes: {', '.join(data.class_names)}")
     tuner.fit(data)
@@ -206,10 +207,29 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _number(options: dict[str, Any], key: str) -> float:
+    """A numeric option (from a flag or a config file), or a one-line usage error."""
+    value = options[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise _UsageError(f"{key} = {value!r}: expected a number.")
+    try:
+        return float(value)
+    except ValueError:
+        raise _UsageError(f"{key} = {value!r}: expected a number.") from None
+
+
+def _flag(options: dict[str, Any], key: str) -> bool:
+    """A true/false option: flags give booleans; a config file must too (\"no\" is not false)."""
+    value = options[key]
+    if not isinstance(value, bool):
+        raise _UsageError(f"{key} = {value!r}: expected true or false.")
+    return value
+
+
 def _refit_choice(value: Any) -> bool | str:
     """--refit auto|always|never (or a config file's true/false) as FineTuner's ``refit``."""
     choices: dict[Any, bool | str] = {"auto": "auto", "always": True, "never": False, True: True, False: False}
-    if value not in choices:
+    if not isinstance(value, (str, bool)) or value not in choices:
         raise _UsageError(f"--refit {value!r}: expected auto, always or never.")
     return choices[value]
 
@@ -369,7 +389,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--augment", action="store_true", default=None, help="random flips, rotation, zoom, contrast")
     p.add_argument("--balanced", action="store_true", default=None, help="weight classes by inverse frequency")
     p.add_argument("--keep-last", action="store_true", default=None,
-                   help="keep the last epoch's weights instead of the best validated epoch's")
+                   help="keep the last epoch's weights instead of the best validated phase end's")
     p.add_argument("--label-smoothing", type=float, help="label smoothing of both phases (default 0)")
     p.add_argument("--mix", choices=["mixup", "cutmix"], help="MixUp or CutMix in the fine-tune phase")
     p.add_argument("--lr-decay", type=float,

@@ -115,9 +115,10 @@ class FineTuner:
             only if it was kept). ``"auto"`` (default) does this for ImageData from files of at
             most ``REFIT_MAX_IMAGES`` images, where holding a fifth of the images out costs the
             most; ``True`` always (ImageData from files only); ``False`` never. Only a
-            :meth:`fit` that builds the model refits (one that continues a trained or loaded
-            model does not: the refit starts from the pretrained weights), and the user's
-            callbacks do not run during the refit. The validation figures (report,
+            :meth:`fit` on an untrained model refits (one that continues a trained or loaded
+            model does not: the refit builds the model again from the pretrained weights, so
+            changes made to the built model by hand are not in the refitted one), and the
+            user's callbacks do not run during the refit. The validation figures (report,
             ``metrics.json``), :attr:`best_epoch` and the temperature are those of the model
             before refitting, measured on images it had not seen; :attr:`refitted` says what was
             refitted. A refit after ``keep_best="epoch"`` runs every epoch the phases ran.
@@ -195,6 +196,7 @@ class FineTuner:
         # through a refit, which trains on those images)
         self._held_out: tuple[Predictions | None, Evaluation | None] | None = None
         self._cached_validation: tuple[keras.Model, tf.data.Dataset] | None = None
+        self._trained = False  # the model holds trained (or loaded) weights: a refit would throw them away
         self._best: Snapshot | None = None
         self._loaded_best: BestEpoch | None = None
         if cache is True:
@@ -338,6 +340,7 @@ class FineTuner:
                              class_weight=self._resolve_class_weight(), verbose=verbose,
                              shuffle=False)  # the pipeline shuffles itself
         self.history[name] = {k: [float(v) for v in values] for k, values in result.history.items()}
+        self._trained = True
         if phase.dense_labels or phase.lr_decay != 1.0:
             # leave the model compiled as every other phase does: integer labels, one optimizer
             self._compile(model, dataclasses.replace(phase, label_smoothing=0.0, mix=None, lr_decay=1.0),
@@ -526,7 +529,7 @@ class FineTuner:
         """
         if isinstance(train, (str, os.PathLike)):  # load once: calibration and refit need the ImageData
             train = load_folder(train, image_size=self.image_size or self.spec.input_size, seed=self.seed or 0)
-        everything = self._refit_data(train, validation, fresh=self.model is None)  # checked before training
+        everything = self._refit_data(train, validation, fresh=not self._trained)  # checked before training
         self.train_head(train, validation, callbacks=callbacks, verbose=verbose)
         if self.fine_tune_phase is not None and self.fine_tune_phase.epochs:
             self.fine_tune(train, validation, callbacks=callbacks, verbose=verbose)
@@ -764,6 +767,7 @@ class FineTuner:
         tuner = cls(backbone, weights=meta.weights, class_names=meta.class_names,
                     head=Head.from_config(meta.head), image_size=meta.image_size)
         tuner.model = model
+        tuner._trained = True
         tuner.resize, tuner.background, tuner.history = meta.resize, meta.background, meta.history
         if meta.best is not None:  # the saved weights are the best ones: later phases have to beat them
             # where the saved weights came from; new training is judged on its own validation data

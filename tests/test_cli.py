@@ -104,6 +104,15 @@ def test_recipe_flags_smoothing_mixing_calibration_and_tta(tmp_path, capsys):
     assert "--tta -1" in capsys.readouterr().err
 
 
+def test_train_with_no_epochs_still_writes_the_run(tmp_path, capsys):
+    data = write_image_folder(tmp_path / "data", per_class=6)
+    out = tmp_path / "run"
+    assert main(["train", str(data), "--backbone", "tiny_cnn", "--weights", "imagenet", "--epochs", "0",
+                 "--fine-tune-epochs", "0", "--out", str(out)]) == 0
+    assert (out / "model.keras").is_file() and (out / "training_curves.png").stat().st_size > 0
+    assert json.loads((out / "metrics.json").read_text())["history"] == {}
+
+
 def test_user_mistakes_print_one_line_and_exit_2(tmp_path, capsys):
     cases = [
         ["train", str(tmp_path / "missing"), "--backbone", "tiny_cnn", "--weights", "none"],

@@ -49,7 +49,7 @@ def _pyplot() -> Any:
 def plot_history(history: dict[str, History], path: PathLike) -> Path:
     """Training curves of every phase, one after the other, with a line where each phase starts."""
     plt = _pyplot()
-    metrics = [m for m in ("loss", "accuracy") if any(m in h for h in history.values())]
+    metrics = [m for m in ("loss", "accuracy") if any(m in h for h in history.values())] or ["loss"]
     fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         start = 0
@@ -67,7 +67,10 @@ def plot_history(history: dict[str, History], path: PathLike) -> Path:
             start += len(values.get(metric, []))
         ax.set_xlabel("epoch")
         ax.set_title(metric)
-        ax.legend()
+        if start:
+            ax.legend()
+        else:  # no epoch was trained (every phase had 0 epochs)
+            ax.text(0.5, 0.5, "no training epochs", transform=ax.transAxes, ha="center", color="gray")
     fig.suptitle("Training curves (dashed line: fine-tuning starts)")
     fig.tight_layout()
     return _save(fig, path)

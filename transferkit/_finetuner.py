@@ -463,8 +463,8 @@ class FineTuner:
         by ``lr_decay`` per group from the top down (the head and the top group at the full rate)."""
         if phase.lr_decay == 1.0:
             return phase.make_optimizer(steps)
-        groups = layer_groups(backbone_of(self._require_model()), self.spec.groups)
         backbone = backbone_of(self._require_model())
+        groups = layer_groups(backbone, self.spec.groups)
         mapping = keras.optimizers.OptimizerMap(default_optimizer=phase.make_optimizer(steps))
         for depth, group in enumerate(reversed(list(groups)), start=0):
             trained = [n for n in groups[group] if backbone.get_layer(n).trainable_weights]

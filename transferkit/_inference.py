@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import keras
 import numpy as np
@@ -62,18 +62,20 @@ class TestTimeAugmentation:
     views: int
     augment: Augment
     seed: int | None = None
+    _layers: keras.Sequential = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.views, int) or self.views < 0:
             raise ConfigError(f"Expected tta to be an integer >= 0 (augmented views). Received: tta={self.views!r}.")
+        # built once: a seeded layer reused across batches draws new views for each batch
+        object.__setattr__(self, "_layers", self.augment.layers(seed=self.seed))
 
     def run(self, model: keras.Model, images: tf.Tensor | np.ndarray) -> np.ndarray:
         total = np.asarray(model(images, training=False))
         if self.views:
-            layers = self.augment.layers(seed=self.seed)
             total = total.astype(np.float64)
             for _ in range(self.views):
-                total += np.asarray(model(layers(images, training=True), training=False))
+                total += np.asarray(model(self._layers(images, training=True), training=False))
             total = (total / (self.views + 1)).astype(np.float32)
         return total
 

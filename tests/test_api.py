@@ -33,7 +33,7 @@ TOP_LEVEL = {
     "FeatureCache", "search", "SearchResult",
     # errors
     "TransferkitError", "BackboneExistsError", "ConfigError", "DataError", "MissingDependencyError",
-    "NotFittedError", "UnknownBackboneError", "WeightsUnavailableError",
+    "NotFittedError", "UnknownBackboneError", "WeightsUnavailableError", "RunInUseError", "TrainingDivergedError",
     "__version__",
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -177,6 +178,50 @@ def test_from_arrays_handles_grayscale_and_names():
         tk.from_arrays(np.zeros((4, 5)), [0, 1, 0, 1])
     with pytest.raises(tk.DataError, match="labels"):
         tk.from_arrays(images, labels[:3])
+
+
+def test_from_arrays_numbers_names_by_the_given_class_names():
+    names = np.array(["dog", "cat", "cat", "dog"] * 3)  # not in sorted order, like class_names below
+    images = np.stack([np.full((4, 4, 3), 10 if n == "dog" else 200, np.uint8) for n in names])
+    data = tk.from_arrays(images, names, class_names=["dog", "cat"], image_size=4, validation_split=0.0,
+                          batch_size=64)
+    assert data.class_names == ("dog", "cat")
+    x, y = next(iter(data.train_ordered))
+    first_pixel, labels = x.numpy()[:, 0, 0, 0], y.numpy()
+    assert set(first_pixel[labels == 0]) == {10.0} and set(first_pixel[labels == 1]) == {200.0}  # dogs are 0
+    unknown = np.array([*names[:-2], "cow", "bird"])
+    with pytest.raises(tk.DataError, match=r"Labels 'bird', 'cow' are not in class_names\. "
+                                           r"Known classes: 'dog', 'cat'"):
+        tk.from_arrays(images, unknown, class_names=["dog", "cat"])
+    with pytest.raises(tk.DataError, match=r"\[0, 1\] for 2 class names\. Received labels outside: -1, 2"):
+        tk.from_arrays(images, [0, 1, 2, -1] * 3, class_names=["dog", "cat"])
+    with pytest.raises(tk.DataError, match=r"shape \(n,\).*argmax"):
+        tk.from_arrays(images, np.eye(2)[[0, 1] * 6])
+    with pytest.raises(tk.DataError, match="whole class indices"):
+        tk.from_arrays(images, [0.5, 1.0] * 6)
+    with pytest.raises(tk.DataError, match="more than once"):
+        tk.from_arrays(images, names, class_names=["dog", "dog"])
+    indices = tk.from_arrays(images, np.array([1, 0] * 6, dtype=object), class_names=["dog", "cat"], image_size=4)
+    assert indices.num_train + indices.num_validation == 12  # integer labels in an object array are indices
+
+
+def test_non_utf8_file_and_class_names_are_used(tmp_path):
+    root = write_image_folder(tmp_path / "data", per_class=2)
+    folder = os.fsencode(root)
+    try:  # Latin-1 bytes, as an old camera or a Windows zip leaves them: not valid UTF-8
+        Image.new("RGB", (8, 8), (220, 30, 30)).save(os.path.join(folder, b"red", b"caf\xe9.png"), format="PNG")
+        os.mkdir(os.path.join(folder, b"ni\xf1o"))
+    except OSError as error:
+        pytest.skip(f"this file system refuses non-UTF-8 names: {error}")
+    for i in range(2):
+        Image.new("RGB", (8, 8), (9, 9, 9)).save(os.path.join(folder, b"ni\xf1o", b"%d.png" % i), format="PNG")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # used, not skipped
+        data = tk.load_folder(root, image_size=8, validation_split=0.0, batch_size=64)
+    assert data.class_names == ("blue", "green", "ni\\xf1o", "red")  # printable, and writable as UTF-8
+    assert any(os.fsencode(p).endswith(b"caf\xe9.png") for p in data.train_files.paths)
+    labels = np.concatenate([y.numpy() for _, y in data.train])
+    assert np.bincount(labels).tolist() == [2, 2, 2, 3]
 
 
 def test_augment_validates_options():

@@ -313,7 +313,8 @@ def test_refit_trains_again_on_all_images_and_reports_the_held_out_figures(tmp_p
     wrecking = tk.Phase(epochs=2, learning_rate=50.0, policy=tk.UnfreezeAll(), optimizer="sgd")
     tuner = _tuner(fine_tune_phase=wrecking, refit=True)
     history = tuner.fit(data, verbose=0)
-    assert len(history["head"]["loss"]) == FAST_HEAD.epochs and len(history["fine_tune"]["loss"]) == 2
+    assert len(history["head"]["loss"]) == FAST_HEAD.epochs
+    assert 1 <= len(history["fine_tune"]["loss"]) <= 2  # the divergence guard stops it if the loss becomes nan
     assert tuner.best_epoch.phase == "head"  # fine-tuning only made it worse …
     assert tuner.refitted.phases == ("head",)  # … so only the head phase is run again
     assert tuner.refitted.epochs == (FAST_HEAD.epochs,)

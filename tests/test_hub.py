@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import SHARED_WEIGHTS, needs_shared, write_image_folder
 
 import transferkit as tk
+from transferkit._saving import RunMetadata, rebuild_model, saved_architecture
 from transferkit.backbones import Preprocess, build_backbone, unregister_backbone
+from transferkit.cli import main
 from transferkit.hub import HubLayer, export_hub_module, hub_backbone, register_hub_backbone
 
 
@@ -100,8 +109,8 @@ def test_save_and_load_with_identical_predictions(tiny_module, tmp_path):
     x, y = _learnable(16)
     model.fit(x, y, epochs=1, verbose=0)
     model.save(tmp_path / "hub.keras")
-    with pytest.raises(tk.WeightsUnavailableError, match="safe_mode=False"):
-        keras.saving.load_model(tmp_path / "hub.keras")
+    with pytest.raises(tk.WeightsUnavailableError, match=r"FineTuner.load\(run_dir\).*safe_mode=False"):
+        keras.saving.load_model(tmp_path / "hub.keras")  # a bare .keras file names a SavedModel to run
     loaded = keras.saving.load_model(tmp_path / "hub.keras", safe_mode=False)
     np.testing.assert_array_equal(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
 
@@ -123,9 +132,129 @@ def test_finetuner_with_a_registered_hub_backbone(registered_tiny, tiny_module, 
                          fine_tune_phase=tk.Phase(epochs=1, learning_rate=1e-4, policy=tk.UnfreezeTop(2)))
     tuner.fit(data, verbose=0)  # UnfreezeTop(2) on a one-block module unfreezes the module
     tuner.save(tmp_path / "run")
-    loaded = tk.FineTuner.load(tmp_path / "run", safe_mode=False)
+    loaded = tk.FineTuner.load(tmp_path / "run")
+    assert loaded.spec is registered_tiny
     paths = list(data.validation_files.paths)
     np.testing.assert_array_equal(tuner.predict(paths).probabilities, loaded.predict(paths).probabilities)
+
+
+@dataclass(frozen=True)
+class HubRun:
+    run: Path
+    module: Path
+    data: Path
+    paths: list[str]
+    probabilities: np.ndarray
+    module_values: list[np.ndarray]
+
+
+@pytest.fixture(scope="module")
+def hub_run(tiny_module, tmp_path_factory):
+    """A run trained on a Hub module given as a folder (not registered), the module itself fine-tuned."""
+    root = tmp_path_factory.mktemp("hub_run")
+    module = root / "module"
+    shutil.copytree(tiny_module[0], module)
+    data = write_image_folder(root / "data", per_class=8)
+    tuner = tk.FineTuner(str(module), weights="imagenet", seed=0, keep_best=False, refit=False,
+                         head_phase=tk.Phase(epochs=2, learning_rate=1e-2, policy=tk.FreezeAll()),
+                         fine_tune_phase=tk.Phase(epochs=1, learning_rate=1e-3, policy=tk.UnfreezeAll()))
+    tuner.fit(tk.load_folder(data, image_size=32, batch_size=8), verbose=0)
+    tuner.save(root / "run")
+    paths = sorted(str(p) for p in data.rglob("*") if p.is_file())
+    hub_layer = tuner.model.get_layer("backbone").get_layer("hub_module")
+    return HubRun(root / "run", module, data, paths, tuner.predict(paths).probabilities,
+                  [v.numpy() for v in hub_layer.module.variables])
+
+
+def test_a_hub_run_loads_in_safe_mode_with_identical_predictions(hub_run, monkeypatch):
+    def no_deserialising(*args, **kwargs):
+        raise AssertionError("a Hub run was deserialised instead of rebuilt")
+
+    monkeypatch.setattr(keras.saving, "load_model", no_deserialising)
+    loaded = tk.FineTuner.load(hub_run.run)  # safe_mode=True, the default
+    np.testing.assert_array_equal(loaded.predict(hub_run.paths).probabilities, hub_run.probabilities)
+    hub_layer = loaded.model.get_layer("backbone").get_layer("hub_module")
+    assert hub_layer.trainable  # as saved: the last phase trained the module
+    pristine = tf.saved_model.load(str(hub_run.module)).variables
+    assert len(hub_layer.module.variables) == len(hub_run.module_values) == len(pristine)
+    for kept, loaded_value in zip(hub_run.module_values, hub_layer.module.variables):
+        np.testing.assert_array_equal(loaded_value.numpy(), kept)  # the fine-tuned values come from the run
+    assert any(not np.array_equal(kept, original.numpy()) for kept, original in zip(hub_run.module_values, pristine))
+
+
+def test_the_command_evaluates_and_predicts_with_a_hub_run(hub_run, capsys):
+    assert main(["evaluate", str(hub_run.run), str(hub_run.data), "--json"]) == 0
+    assert sum(map(sum, json.loads(capsys.readouterr().out)["confusion_matrix"])) == len(hub_run.paths)
+    image = hub_run.paths[0]
+    assert main(["predict", str(hub_run.run), image, "--json"]) == 0
+    top = json.loads(capsys.readouterr().out)[0]["top"]
+    names = sorted(p.name for p in hub_run.data.iterdir())
+    assert {t["class"]: t["probability"] for t in top} == pytest.approx(
+        dict(zip(names, hub_run.probabilities[0].tolist())), abs=1e-6)
+
+
+def test_a_hub_run_whose_module_moved_names_it_and_the_fix(hub_run, tmp_path, capsys):
+    moved = tmp_path / "moved_module"
+    hub_run.module.rename(moved)
+    try:
+        with pytest.raises(tk.DataError, match="register_hub_backbone") as caught:
+            tk.FineTuner.load(hub_run.run)
+        assert str(hub_run.module) in str(caught.value) and "put the module back" in str(caught.value)
+        assert main(["predict", str(hub_run.run), hub_run.paths[0]]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and str(hub_run.module) in lines[0]
+
+        name = json.loads((hub_run.run / "transferkit.json").read_text())["backbone"]
+        register_hub_backbone(name, moved)  # the other fix: say where the module is now
+        try:
+            loaded = tk.FineTuner.load(hub_run.run)
+            np.testing.assert_array_equal(loaded.predict(hub_run.paths).probabilities, hub_run.probabilities)
+        finally:
+            unregister_backbone(name)
+    finally:
+        moved.rename(hub_run.module)
+    assert tk.FineTuner.load(hub_run.run).model is not None  # put back: loads again
+
+
+def test_a_run_whose_model_file_does_not_match_its_metadata_is_refused(hub_run, tmp_path):
+    run = tmp_path / "edited"
+    shutil.copytree(hub_run.run, run)
+    meta = json.loads((run / "transferkit.json").read_text())
+    meta["head"]["hidden_units"] = [8]
+    (run / "transferkit.json").write_text(json.dumps(meta))
+    with pytest.raises(tk.DataError, match="does not hold the model transferkit builds"):
+        tk.FineTuner.load(run)
+
+
+def test_a_hub_run_on_a_url_that_cannot_be_fetched_says_so(hub_run, tmp_path):
+    run = tmp_path / "from_url"
+    shutil.copytree(hub_run.run, run)
+    url = "https://tfhub.dev/google/imagenet/mobilenet_v2_100_224/feature_vector/5"
+    meta = json.loads((run / "transferkit.json").read_text())
+    meta.update(backbone=f"hub:{url}", hub_handle=url)
+    (run / "transferkit.json").write_text(json.dumps(meta))
+    pytest.importorskip("tensorflow_hub")
+    with pytest.raises(tk.DataError, match=r"could not be fetched.*TFHUB_CACHE_DIR.*register_hub_backbone") as caught:
+        tk.FineTuner.load(run)
+    assert url in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_format_1_layout_is_rebuilt_from_weights_alone():
+    """A format-1 Hub run is rebuilt flat, like the format-1 run kept in tests/data (tiny_cnn)."""
+    run = Path(__file__).parent / "data" / "format1_run"
+    meta = RunMetadata.from_json((run / "transferkit.json").read_text(), where="format1_run")
+    model = rebuild_model(run / "model.keras", saved_architecture(run / "model.keras"), tk.get_backbone("tiny_cnn"),
+                          meta)
+    pixels = np.random.default_rng(7).uniform(0, 255, (6, 32, 32, 3)).astype("float32")
+    expected = keras.saving.load_model(run / "model.keras", compile=False).predict(pixels, verbose=0)
+    np.testing.assert_array_equal(model.predict(pixels, verbose=0), expected)
+
+
+def test_a_relative_folder_is_recorded_as_an_absolute_handle(tiny_module, monkeypatch):
+    monkeypatch.chdir(tiny_module[0].parent)
+    spec = hub_backbone(tiny_module[0].name, input_size=32, feature_dim=64)
+    assert os.path.isabs(spec.handle) and os.path.samefile(spec.handle, tiny_module[0])
+    assert spec.name == f"hub:{tiny_module[0].name}"
 
 
 def test_missing_handles_name_the_problem(tmp_path):

@@ -45,6 +45,10 @@ class MissingDependencyError(TransferkitError, ImportError):
     """An optional dependency that is not installed."""
 
 
+class RunInUseError(TransferkitError, RuntimeError):
+    """A run folder that another process is writing (it holds the folder's lock file)."""
+
+
 def closest(value: str, options: Iterable[str], n: int = 3) -> list[str]:
     """Return up to ``n`` options that look like ``value``, best first."""
     options = list(options)
@@ -74,3 +78,7 @@ def check_choice(argument: str, value: object, choices: Iterable[str]) -> str:
         f"Expected {argument} to be one of {', '.join(repr(c) for c in choices)}. "
         f"Received: {argument}={value!r}.{hint}"
     )
+
+
+class TrainingDivergedError(TransferkitError, RuntimeError):
+    """Training whose loss stopped being finite before any weights worth keeping existed."""

@@ -31,6 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from transferkit._atomic import atomic_path
 from transferkit._types import PathLike
 from transferkit.backbones._groups import producers
 
@@ -58,7 +59,7 @@ def files_digest(paths: Iterable[str], labels: np.ndarray) -> str:
     digest = hashlib.sha256()
     for path in paths:
         stat = os.stat(path)
-        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        digest.update(os.fsencode(path) + f"\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     digest.update(np.ascontiguousarray(labels).tobytes())
     return digest.hexdigest()
 
@@ -132,40 +133,46 @@ class FeatureCache:
         directory = self.directory
         if directory is None and nbytes > self.memory_limit:
             directory = Path(tempfile.gettempdir()) / "transferkit-features"
-        bar = keras.utils.Progbar(count, unit_name="image") if progress else None
-        if directory is not None:
-            directory.mkdir(parents=True, exist_ok=True)
-            final_features, final_labels = self._files(key, directory)
-            partial = final_features.with_suffix(".partial.npy")
-            features: np.ndarray = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32,
-                                                             shape=(count, *shape))
-        else:
+        if directory is None:
             features = np.empty((count, *shape), dtype=np.float32)
+            label_array = self._extract(extractor, batches, into=features, progress=progress)
+            self._memory[key] = (features, label_array)
+            return CachedArrays(features, label_array, hit=False)
+        directory.mkdir(parents=True, exist_ok=True)
+        final_features, final_labels = self._files(key, directory)
+        # Rows go straight into a hidden temporary file; the labels are renamed into place first
+        # and the features last, so a key (its features file) appears only once both are complete.
+        with atomic_path(final_features, keep_suffix=True) as partial:
+            rows = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(count, *shape))
+            label_array = self._extract(extractor, batches, into=rows, progress=progress)
+            rows.flush()
+            del rows  # unmapped before the rename, which Windows refuses on a mapped file
+            with atomic_path(final_labels, keep_suffix=True) as partial_labels:
+                np.save(partial_labels, label_array)
+        mapped = np.load(final_features, mmap_mode="r")
+        if self.directory is None:  # spilled past memory_limit: keep the mapping, not the rows
+            log.info("Features (%.1f GB) are memory-mapped from %s", nbytes / 1e9, final_features)
+            self._memory[key] = (mapped, label_array)
+        return CachedArrays(mapped, label_array, hit=False)
+
+    @staticmethod
+    def _extract(extractor: keras.Model, batches: Iterable[tuple[tf.Tensor, tf.Tensor]], *, into: np.ndarray,
+                 progress: bool) -> np.ndarray:
+        """Fill ``into`` with the extractor's output batch by batch; returns the labels."""
+        count = len(into)
+        bar = keras.utils.Progbar(count, unit_name="image") if progress else None
         labels: list[np.ndarray] = []
         done = 0
         for images, batch_labels in batches:
             out = np.asarray(extractor.predict_on_batch(images))
-            features[done:done + len(out)] = out
+            into[done:done + len(out)] = out
             labels.append(np.asarray(batch_labels))
             done += len(out)
             if bar is not None:
                 bar.update(done)
         if done != count:
             raise RuntimeError(f"Feature extraction produced {done} rows, expected {count}.")
-        label_array = np.concatenate(labels)
-        if directory is not None:
-            if isinstance(features, np.memmap):
-                features.flush()
-            del features
-            np.save(final_labels, label_array)
-            os.replace(partial, final_features)  # only a complete array ever carries the key
-            mapped = np.load(final_features, mmap_mode="r")
-            if self.directory is None:  # spilled past memory_limit: keep the mapping, not the rows
-                log.info("Features (%.1f GB) are memory-mapped from %s", nbytes / 1e9, final_features)
-                self._memory[key] = (mapped, label_array)
-            return CachedArrays(mapped, label_array, hit=False)
-        self._memory[key] = (features, label_array)
-        return CachedArrays(features, label_array, hit=False)
+        return np.concatenate(labels)
 
 
 def split_at_boundary(backbone: keras.Model) -> tuple[keras.Model, keras.Model] | None:

@@ -24,8 +24,9 @@ import tensorflow as tf
 
 from transferkit._cache_plan import cached_datasets, plan_cache
 from transferkit._calibration import Calibration, calibrate, fold_temperature
-from transferkit._errors import ConfigError, DataError, NotFittedError, check_choice
-from transferkit._features import FeatureCache
+from transferkit._checkpoint import Checkpoint, EpochRecorder, StageResume, assign, restore_epoch, skip_epochs
+from transferkit._errors import ConfigError, DataError, NotFittedError, TrainingDivergedError, check_choice
+from transferkit._features import FeatureCache, files_digest
 from transferkit._freezing import FreezeState
 from transferkit._heads import Head
 from transferkit._inference import (
@@ -41,7 +42,7 @@ from transferkit._metrics import Evaluation, Predictions, evaluate_outputs
 from transferkit._model import backbone_of, build_model, model_parts
 from transferkit._phases import FINE_TUNE_PHASE, HEAD_PHASE, Phase, steps_per_epoch
 from transferkit._saving import FORMAT, RunMetadata, load_run, save_run
-from transferkit._selection import BestEpoch, BestWeights, Refit, Snapshot
+from transferkit._selection import BestEpoch, BestWeights, Divergence, DivergenceGuard, Refit, Snapshot
 from transferkit._types import (
     Callbacks,
     Color,
@@ -160,6 +161,8 @@ class FineTuner:
         if image_size is not None:
             self.spec.check_size(image_size)
         self.image_size = image_size
+        self._size_given = image_size is not None  # else the data's (or the backbone's default)
+        self._names_given = class_names is not None
         self.head = head
         if class_names is not None and num_classes is not None and len(class_names) != num_classes:
             raise ConfigError(f"num_classes={num_classes} but {len(class_names)} class_names were given.")
@@ -199,6 +202,9 @@ class FineTuner:
         self._trained = False  # the model holds trained (or loaded) weights: a refit would throw them away
         self._best: Snapshot | None = None
         self._loaded_best: BestEpoch | None = None
+        self._checkpoint: Checkpoint | None = None  # set during a fit with checkpoint_dir
+        self._refitting = False
+        self.divergences: list[Divergence] = []  # phases stopped on a non-finite loss
         if cache is True:
             self.cache: FeatureCache | None = FeatureCache()
         elif cache is False or cache is None:
@@ -208,10 +214,18 @@ class FineTuner:
 
     # ------------------------------------------------------------------ model
 
-    def build(self, num_classes: int | None = None) -> keras.Model:
-        """Build the model now (``fit`` does this for you); returns it."""
+    def build(self, num_classes: int | None = None, *, image_size: int | None = None) -> keras.Model:
+        """Build the model now (``fit`` does this for you); returns it.
+
+        The input size is ``image_size``, else the FineTuner's, else the backbone's default. A
+        model built here and not trained yet is built again at the data's size if :meth:`fit`
+        gets images loaded at another size (unless ``image_size`` was given to the FineTuner).
+        """
         if self.model is not None:
             return self.model
+        if image_size is not None:
+            self.spec.check_size(image_size)
+            self.image_size = image_size
         n = num_classes or self.num_classes
         if n is None:
             raise ConfigError("The number of classes is unknown: pass num_classes=… or fit on data first.")
@@ -225,6 +239,7 @@ class FineTuner:
         self.head = self.head or Head()
         self.model = build_model(self.spec, num_outputs=n, weights=self.weights, head=self.head,
                                  image_size=self.image_size)
+        self._trained = False
         self.image_size = int(self.model.input_shape[1])
         log.info("Built %s (%s weights) at %d px with %d outputs", self.spec.name,
                  "random" if self.weights is None else self.weights, self.image_size, n)
@@ -270,11 +285,19 @@ class FineTuner:
         """Adopt the classes, image size, resize mode, background and class weights of ``data``."""
         size = data.settings.image_size
         if self.image_size is not None and size != self.image_size:
-            raise DataError(
-                f"The data was loaded at image_size={size} but this FineTuner uses "
-                f"image_size={self.image_size}. Load the data with image_size={self.image_size}."
-            )
-        if self.class_names is not None and self.model is not None and tuple(data.class_names) != self.class_names:
+            if self._size_given or self._trained:
+                raise DataError(
+                    f"The data was loaded at image_size={size} but this FineTuner uses "
+                    f"image_size={self.image_size}. Load the data with image_size={self.image_size}."
+                )
+            if self.model is not None:  # built by build() at a default size and not trained: build at the data's
+                log.info("Building the model again at the data's image size %d (it was built at %d)", size,
+                         self.image_size)
+                self.model = None
+        # a model built by build(n) with numbered classes and not trained yet takes the data's names
+        renamable = not (self._trained or self._names_given) and len(data.class_names) == len(self.class_names or ())
+        if (self.class_names is not None and self.model is not None and tuple(data.class_names) != self.class_names
+                and not renamable):
             raise DataError(f"The data's classes {list(data.class_names)} differ from the model's "
                             f"{list(self.class_names)}.")
         self.class_names = tuple(data.class_names)
@@ -316,10 +339,14 @@ class FineTuner:
         batches = self._bind(train, validation)
         model = self.build()
         summary = phase.policy.apply(model, self.spec, clamp=True)
+        stage = self._checkpoint.next_stage(name, refit=self._refitting) if self._checkpoint is not None else None
+        if stage is not None and stage.done:
+            return self._restore_stage(model, phase, batches, stage)
         self._compile(model, phase, batches.train)
         log.info("Phase %s: %d epochs, lr %g (%s), %s: %d of %d backbone parameters train", name, phase.epochs,
                  phase.learning_rate, phase.schedule, summary.policy, summary.trainable_params, summary.total_params)
         if phase.epochs == 0:
+            self._record_stage(model, name, stage)
             return {}
         if phase.mix is not None:
             if self._head().task != "single_label":
@@ -334,13 +361,34 @@ class FineTuner:
             self._compile(trained, phase, train_ds)
         keeper = BestWeights(model, phase=name, previous=self._best, by_accuracy=self._ranks_by_accuracy(),
                              every_epoch=self.keep_best == "epoch")
+        guard = keeper.guard = DivergenceGuard(name)
+        started_trained = self._trained
         done = sum(len(next(iter(h.values()), [])) for h in self.history.values())
-        result = trained.fit(train_ds, validation_data=val_ds, epochs=done + phase.epochs, initial_epoch=done,
-                             callbacks=[*callbacks, *self._phase_callbacks(name, phase, keeper, val_ds)],
-                             class_weight=self._resolve_class_weight(), verbose=verbose,
-                             shuffle=False)  # the pipeline shuffles itself
-        self.history[name] = {k: [float(v) for v in values] for k, values in result.history.items()}
+        recorded: dict[str, list[float]] = {}  # this stage's epochs from a checkpoint
+        own: list[keras.callbacks.Callback] = [guard, *self._phase_callbacks(name, phase, keeper, val_ds)]
+        if self._checkpoint is not None:
+            if stage is not None and stage.epochs:
+                restore_epoch(self._checkpoint, stage, trained, keeper if self.keep_best else None)
+                recorded = stage.history.get(name, {})  # this stage's epochs (not earlier stages')
+                skip_epochs(train_ds, stage.epochs)
+                guard.good_epoch = done + stage.epochs
+                log.info("Resuming from %s epoch %d%s", name, stage.epochs,
+                            " of the refit on all images" if self._refitting else "")
+            else:
+                stage = StageResume(index=self._checkpoint.current, name=name, done=False, epochs=0,
+                                    refit=self._refitting)
+            others = {k: v for k, v in self.history.items() if k != name}
+            own.append(EpochRecorder(self._checkpoint, stage, trained, keeper if self.keep_best else None,
+                                     recorded, others))
+        first = done + (stage.epochs if stage is not None else 0)
+        result = trained.fit(train_ds, validation_data=val_ds, epochs=done + phase.epochs, initial_epoch=first,
+                             callbacks=[*callbacks, *own], class_weight=self._resolve_class_weight(),
+                             verbose=verbose, shuffle=False)  # the pipeline shuffles itself
+        ran = {k: [float(v) for v in values] for k, values in result.history.items()}
+        self.history[name] = {k: [*recorded.get(k, []), *ran.get(k, [])] for k in (recorded.keys() | ran.keys())}
         self._trained = True
+        if guard.diverged is not None:
+            self._diverged(guard.diverged, started_trained)
         if phase.dense_labels or phase.lr_decay != 1.0:
             # leave the model compiled as every other phase does: integer labels, one optimizer
             self._compile(model, dataclasses.replace(phase, label_smoothing=0.0, mix=None, lr_decay=1.0),
@@ -352,7 +400,43 @@ class FineTuner:
         # above them: the report and the calibration need no second pass over the images
         cached = trained is not model and val_ds is not None and not phase.dense_labels
         self._cached_validation = (trained, val_ds) if cached else None
+        self._record_stage(model, name, stage)
         return self.history[name]
+
+    def _diverged(self, divergence: Divergence, started_trained: bool) -> None:
+        """After a phase stopped on a non-finite loss: carry on with good weights, or stop the fit."""
+        if divergence.good_epoch is None and not started_trained:
+            raise TrainingDivergedError(
+                f"Phase {divergence.phase} diverged at {divergence.where()} before any epoch ended with finite "
+                "losses: there are no good weights to keep. A learning rate too high is the usual cause: try one "
+                "about 10x lower (Phase(learning_rate=…); --learning-rate or --fine-tune-learning-rate).")
+        log.warning("%s", divergence.describe())
+        self.divergences.append(divergence)
+
+    def _record_stage(self, model: keras.Model, name: str, stage: StageResume | None) -> None:
+        """Record a finished stage in the checkpoint: every variable of the model and the best epoch kept."""
+        if self._checkpoint is None:
+            return
+        best = self._best.best.to_dict() if self._best is not None else None
+        finished = StageResume(index=self._checkpoint.current, name=name, done=True,
+                               epochs=len(next(iter(self.history.get(name, {}).values()), [])),
+                               history=dict(self.history), best=best, refit=self._refitting)
+        self._checkpoint.record_done(finished, [keras.ops.convert_to_numpy(v) for v in model.variables])
+
+    def _restore_stage(self, model: keras.Model, phase: Phase, batches: _Batches, stage: StageResume) -> History:
+        """Take a stage that finished in an earlier process from the checkpoint instead of running it."""
+        assert self._checkpoint is not None
+        assign(model.variables, self._checkpoint.arrays(stage), what="variables", where=self._checkpoint.directory)
+        self._compile(model, dataclasses.replace(phase, label_smoothing=0.0, mix=None, lr_decay=1.0), batches.train)
+        self.history = {k: dict(v) for k, v in stage.history.items()}
+        self._best = Snapshot(BestEpoch(**stage.best), model.get_weights()) if stage.best is not None else None
+        self._trained = True
+        self._loaded_best = None
+        self.refitted = self._held_out = self.calibration = None
+        self._cached_validation = None
+        log.info("Phase %s: taken from the checkpoint in %s (finished in an earlier run)", stage.name,
+                 self._checkpoint.directory)
+        return self.history.get(stage.name, {})
 
     def _what_trains(self, name: str, model: keras.Model, batches: _Batches, callbacks: Callbacks,
                      verbose: Verbose) -> tuple[keras.Model, tf.data.Dataset, tf.data.Dataset | None]:
@@ -521,14 +605,54 @@ class FineTuner:
         return self._run("fine_tune", chosen, train, validation, callbacks, verbose)
 
     def fit(self, train: TrainData, validation: ValidationData | None = None, *, callbacks: Callbacks = (),
-            verbose: Verbose = "auto") -> dict[str, History]:
+            verbose: Verbose = "auto", checkpoint_dir: PathLike | None = None,
+            restart: bool = False) -> dict[str, History]:
         """Run :meth:`train_head`, then :meth:`fine_tune` (unless ``fine_tune_phase`` is None).
+
+        Args:
+            train: Training data (see :meth:`train_head`).
+            validation: Validation batches (``ImageData.validation`` is used when omitted).
+            callbacks: Keras callbacks, passed to every ``model.fit``.
+            verbose: Keras' ``verbose``.
+            checkpoint_dir: Record every epoch here so that a fit killed at any point (Ctrl-C,
+                ``kill -9``, power loss) and called again with the same folder, settings and data
+                carries on after the last epoch recorded: stages that finished are restored,
+                the one running resumes with its optimizer state, schedule position, best
+                weights so far and shuffling order. Features are cached on disk in
+                ``checkpoint_dir/features`` (unless ``cache`` is already a folder). The folder
+                stays after the fit (a later fit with it restores everything at once); delete it
+                when the model is saved. See docs/reliability.md.
+            restart: Ignore what ``checkpoint_dir`` holds and start over.
 
         Returns:
             ``{"head": history, "fine_tune": history}``.
         """
         if isinstance(train, (str, os.PathLike)):  # load once: calibration and refit need the ImageData
             train = load_folder(train, image_size=self.image_size or self.spec.input_size, seed=self.seed or 0)
+        if checkpoint_dir is None:
+            return self._fit(train, validation, callbacks, verbose)
+        if self._trained:
+            raise ConfigError("fit(checkpoint_dir=…) resumes a fit that starts from the pretrained weights; this "
+                              "FineTuner already holds a trained (or loaded) model. Use a new FineTuner.")
+        directory = Path(checkpoint_dir)
+        cache = self.cache
+        self._checkpoint = Checkpoint(directory, self._fingerprint(train, validation), restart=restart)
+        if cache is not None and cache.directory is None:  # features on disk: a resumed fit reuses them
+            self.cache = FeatureCache(directory / "features", memory_limit=cache.memory_limit)
+        try:
+            return self._fit(train, validation, callbacks, verbose)
+        finally:
+            self._checkpoint, self.cache = None, cache
+
+    def resume_point(self, checkpoint_dir: PathLike) -> str | None:
+        """Where :meth:`fit` with ``checkpoint_dir`` would carry on (``"fine_tune epoch 3"``), or ``None``."""
+        state = Path(checkpoint_dir) / "state.json"
+        if not state.is_file():
+            return None
+        return Checkpoint.peek(state)
+
+    def _fit(self, train: TrainData, validation: ValidationData | None, callbacks: Callbacks,
+             verbose: Verbose) -> dict[str, History]:
         everything = self._refit_data(train, validation, fresh=not self._trained)  # checked before training
         self.train_head(train, validation, callbacks=callbacks, verbose=verbose)
         if self.fine_tune_phase is not None and self.fine_tune_phase.epochs:
@@ -537,6 +661,22 @@ class FineTuner:
         if everything is not None and isinstance(train, ImageData):
             self._refit(train, everything, verbose)
         return self.history
+
+    def _fingerprint(self, train: TrainData, validation: ValidationData | None) -> dict[str, Any]:
+        """What a checkpoint's run depends on: a checkpoint of another is refused."""
+        data: dict[str, Any] = {"kind": type(train).__name__, "validation": validation is not None}
+        if isinstance(train, ImageData):
+            for split, files in (("train_files", train.train_files), ("validation_files", train.validation_files)):
+                data[split] = files_digest(files.paths, files.labels) if files is not None else None
+            data["settings"] = repr(train.settings)
+            data["images"] = [train.num_train, train.num_validation]
+        return {
+            "backbone": self.spec.name, "weights": None if self.weights is None else str(self.weights),
+            "image_size": self.image_size, "head": repr(self.head), "head_phase": repr(self.head_phase),
+            "fine_tune_phase": repr(self.fine_tune_phase), "class_weight": repr(self.class_weight),
+            "seed": self.seed, "augment_views": self.augment_views, "keep_best": self.keep_best,
+            "refit": self.refit, "temperature_scaling": self.temperature_scaling, "data": data,
+        }
 
     def _refit_data(self, train: TrainData, validation: ValidationData | None, *, fresh: bool) -> ImageData | None:
         """The training and validation images as one training set, when :meth:`fit` refits."""
@@ -577,11 +717,12 @@ class FineTuner:
         log.info("Refitting on all %d images (training and validation): %s", len(everything.train_files or ()),
                  ", then ".join(f"{name} phase {phase.epochs} epochs" for name, phase in phases))
         self.model, self.history, self.keep_best, self._best = None, {}, False, None
+        self._refitting = True
         try:
             for name, phase in phases:
                 self._run(name, phase, everything, None, (), verbose)
         finally:
-            self.history, self.keep_best = history, keep
+            self.history, self.keep_best, self._refitting = history, keep, False
         self._best, self._loaded_best = None, best
         self._held_out, self.calibration = held_out, calibration
         if calibration is not None:  # the refitted model is scaled by the temperature fitted before
@@ -757,8 +898,9 @@ class FineTuner:
 
         Args:
             directory: The folder :meth:`save` wrote.
-            safe_mode: Passed to ``keras.saving.load_model``. Models holding a TensorFlow Hub
-                module need ``safe_mode=False`` (loading runs the module's SavedModel graph).
+            safe_mode: Passed to ``keras.saving.load_model`` for runs of other backbones. A run on a
+                TensorFlow Hub module is rebuilt from its recorded handle and only its weights are
+                read, so it loads with the default.
         """
         model, meta = load_run(directory, safe_mode=safe_mode)
         backbone = meta.backbone

@@ -10,19 +10,30 @@ Format history:
 from __future__ import annotations
 
 import json
+import re
+import zipfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import keras
 
+from transferkit._atomic import atomic_paths
 from transferkit._errors import DataError
+from transferkit._heads import Head
+from transferkit._model import BACKBONE, HEAD, INPUT, PREPROCESSOR, build_model
 from transferkit._types import Color, History, PathLike
+from transferkit.backbones._preprocessing import Preprocess
+from transferkit.backbones._registry import BackboneSpec
+from transferkit.backbones._weights import build_backbone
+from transferkit.hub import HubLayer, hub_backbone_of_run
 
 MODEL_FILE = "model.keras"
 META_FILE = "transferkit.json"
 FORMAT = 2
 READABLE_FORMATS = (1, 2)
+_KERAS_CONFIG = "config.json"  # the architecture inside a .keras zip (keras.src.saving.saving_lib)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,18 +77,141 @@ class RunMetadata:
 
 
 def save_run(directory: PathLike, model: keras.Model, meta: RunMetadata) -> Path:
-    """Write ``model.keras`` and ``transferkit.json`` into ``directory`` (created if needed)."""
+    """Write ``model.keras`` and ``transferkit.json`` into ``directory`` (created if needed).
+
+    Both are written in full under temporary names first, then renamed in place one right after
+    the other: a save that fails or is killed leaves the previous run (or nothing), never a file
+    that loads wrong.
+    """
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    model.save(out / MODEL_FILE)
-    (out / META_FILE).write_text(meta.to_json())
+    with atomic_paths(out / MODEL_FILE, out / META_FILE, keep_suffix=True) as (model_file, meta_file):
+        model.save(model_file)  # Keras insists on the .keras suffix
+        meta_file.write_text(meta.to_json(), encoding="utf-8")
     return out
 
 
 def load_run(directory: PathLike, *, safe_mode: bool = True) -> tuple[keras.Model, RunMetadata]:
-    """Read what :func:`save_run` wrote."""
+    """Read what :func:`save_run` wrote.
+
+    A run whose backbone is a TensorFlow Hub module (``meta.hub_handle``) is never deserialised:
+    its model is built again by transferkit from ``transferkit.json`` around the module at the
+    recorded handle (or the one registered under the run's backbone name), and only the weights
+    are read from ``model.keras``. Deserialising it would load whatever SavedModel the file names,
+    which safe mode rightly refuses; this way safe loading needs no exception.
+
+    Args:
+        directory: The folder :func:`save_run` wrote.
+        safe_mode: Passed to ``keras.saving.load_model`` for every other run.
+
+    Raises:
+        DataError: not a saved run; a Hub module that is no longer at its handle; a ``model.keras``
+            that does not hold the model its ``transferkit.json`` describes.
+    """
     root = Path(directory)
     if not (root / MODEL_FILE).is_file() or not (root / META_FILE).is_file():
         raise DataError(f"{str(root)!r} is not a saved FineTuner: expected {MODEL_FILE} and {META_FILE} in it.")
     meta = RunMetadata.from_json((root / META_FILE).read_text(), where=str(root / META_FILE))
-    return keras.saving.load_model(root / MODEL_FILE, safe_mode=safe_mode), meta
+    if meta.hub_handle is None:
+        return keras.saving.load_model(root / MODEL_FILE, safe_mode=safe_mode), meta
+    saved = saved_architecture(root / MODEL_FILE)
+    module = _layer_config(saved, "HubLayer")
+    spec = hub_backbone_of_run(
+        meta.backbone, meta.hub_handle, run=str(root), input_size=meta.image_size, feature_dim=_feature_dim(saved),
+        preprocessing=_layer_config(saved, "Preprocess").get("mode", "unit"), layer_config=module,
+    )
+    return rebuild_model(root / MODEL_FILE, saved, spec, meta), meta
+
+
+def saved_architecture(model_file: Path) -> dict[str, Any]:
+    """The architecture in a ``.keras`` file, read as plain JSON: nothing in it is deserialised or run."""
+    try:
+        with zipfile.ZipFile(model_file) as archive:
+            config = json.loads(archive.read(_KERAS_CONFIG))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:  # JSONDecodeError is a ValueError
+        raise DataError(
+            f"{str(model_file)!r} is not a readable .keras file ({type(error).__name__}: {error})."
+        ) from None
+    if not isinstance(config, dict) or not isinstance(config.get("config"), dict):
+        raise DataError(f"{str(model_file)!r} holds no model architecture in its {_KERAS_CONFIG}.")
+    return config
+
+
+def rebuild_model(model_file: Path, saved: dict[str, Any], spec: BackboneSpec, meta: RunMetadata) -> keras.Model:
+    """Build the run's model with transferkit's own code and load only the weights from ``model_file``.
+
+    ``saved`` (from :func:`saved_architecture`) is used as data only: to check that the rebuilt
+    model has the saved one's layers (the weights are stored by position, not by name) and to put
+    back its trainable flags.
+    """
+    model = _build_layout(spec, meta)
+    if _outline(model.get_config()) != _outline(saved["config"]):
+        raise DataError(
+            f"{str(model_file)!r} does not hold the model transferkit builds from its {META_FILE} (backbone "
+            f"{meta.backbone!r}, head {meta.head}, format {meta.format}): was the model changed after training? "
+            "Only weights are read from a Hub run, so the layers have to match. If you trust the file, "
+            "keras.saving.load_model(path, safe_mode=False) loads it as it is."
+        )
+    _restore_flags(model, saved)
+    try:
+        model.load_weights(model_file)
+    except ValueError as error:
+        reason = " ".join(str(error).split())[:300]
+        raise DataError(
+            f"The weights in {str(model_file)!r} do not fit the model rebuilt around backbone {meta.backbone!r} "
+            f"({reason}). Is {spec.handle or spec.name!r} still the module the run was trained on?"
+        ) from None
+    return model
+
+
+def _build_layout(spec: BackboneSpec, meta: RunMetadata) -> keras.Model:
+    """The model of the run's format, with the backbone's own weights (overwritten from the run next)."""
+    head = Head.from_config(meta.head)
+    outputs = len(meta.class_names)
+    weights = "imagenet" if spec.handle else None  # a Hub module's "imagenet" is the module itself: no download
+    if meta.format >= 2:
+        return build_model(spec, num_outputs=outputs, weights=weights, head=head, image_size=meta.image_size)
+    net = build_backbone(spec, weights=weights, image_size=meta.image_size)  # format 1: the head's layers sit flat
+    net.name = BACKBONE
+    inputs = keras.Input(shape=(meta.image_size, meta.image_size, 3), name=INPUT)
+    features = net(Preprocess(spec.preprocessing, name=PREPROCESSOR)(inputs))
+    return keras.Model(inputs, head.build(features, outputs), name="transferkit_" + re.sub(r"\W", "_", spec.name)[-60:])
+
+
+def _outline(config: dict[str, Any]) -> list[tuple[Any, Any, list[Any]]]:
+    """Class and name of every layer, nested models opened (the model's own name left out)."""
+    return [(layer.get("class_name"), layer.get("config", {}).get("name"), _outline(layer.get("config", {})))
+            for layer in config.get("layers") or ()]
+
+
+def _walk(saved: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for layer in saved.get("config", {}).get("layers") or ():
+        yield layer
+        yield from _walk(layer)
+
+
+def _layer_config(saved: dict[str, Any], class_name: str) -> dict[str, Any]:
+    """The config of the (first) saved layer of class ``class_name``; empty when there is none."""
+    found = next((layer for layer in _walk(saved) if layer.get("class_name") == class_name), None)
+    return found.get("config", {}) if found is not None else {}
+
+
+def _feature_dim(saved: dict[str, Any]) -> int | None:
+    """The feature size the head takes, when the saved model has a nested head (format 2)."""
+    head = next((layer for layer in _walk(saved) if layer.get("config", {}).get("name") == HEAD), None)
+    inputs = _layer_config(head, "InputLayer") if head is not None else {}
+    shape = inputs.get("batch_shape") or [None]
+    return shape[-1] if isinstance(shape[-1], int) else None
+
+
+def _restore_flags(layer: keras.layers.Layer, saved: dict[str, Any]) -> None:
+    """Set ``trainable`` (and a Hub layer's ``pass_training``) as saved, a model before its layers:
+    setting it on a model sets it on all of them."""
+    config = saved.get("config", {})
+    if isinstance(config.get("trainable"), bool):
+        layer.trainable = config["trainable"]
+    if isinstance(layer, HubLayer) and isinstance(config.get("pass_training"), bool):
+        layer.pass_training = config["pass_training"]
+    if isinstance(layer, keras.Model):
+        for child in config.get("layers") or ():
+            _restore_flags(layer.get_layer(child["config"]["name"]), child)

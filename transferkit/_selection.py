@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import keras
 import numpy as np
@@ -117,6 +118,20 @@ class BestWeights(keras.callbacks.Callback):
         self._previous = previous
         self._own: Snapshot | None = None
         self._validated = False
+        self.guard: DivergenceGuard | None = None
+
+    def state(self) -> tuple[dict[str, Any], list[np.ndarray]]:
+        """What a checkpoint needs to carry this keeper on in another process: settings and weights."""
+        own = self._own
+        return ({"last": self._last.to_dict() if self._last is not None else None, "validated": self._validated,
+                 "own": own.best.to_dict() if own is not None else None},
+                list(own.weights) if own is not None else [])
+
+    def load_state(self, state: dict[str, Any], weights: list[np.ndarray]) -> None:
+        """Take up the state :meth:`state` returned."""
+        self._last = BestEpoch(**state["last"]) if state.get("last") else None
+        self._validated = bool(state.get("validated"))
+        self._own = Snapshot(BestEpoch(**state["own"]), list(weights)) if state.get("own") else None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         logs = logs or {}
@@ -126,10 +141,17 @@ class BestWeights(keras.callbacks.Callback):
             return
         self._validated = True
         accuracy = logs.get("val_accuracy") if self._by_accuracy else None
+        number = epoch + 1
+        if self.guard is not None and self.guard.diverged is not None:
+            # the guard put the weights of the last good epoch back: they are what was validated
+            if self.guard.good_epoch is None:
+                self._last = None  # back at the phase's start: not a result of this phase
+                return
+            number = self.guard.good_epoch
         if not math.isfinite(loss) or (accuracy is not None and not math.isfinite(accuracy)):
             self._last = None  # a last epoch that diverged is no candidate
             return
-        candidate = BestEpoch(self._phase, epoch + 1, float(loss), None if accuracy is None else float(accuracy))
+        candidate = BestEpoch(self._phase, number, float(loss), None if accuracy is None else float(accuracy))
         if not self._every_epoch:
             self._last = candidate  # the snapshot is taken once, when the phase ends
         elif self._own is None or candidate.score > self._own.best.score:
@@ -160,3 +182,70 @@ class BestWeights(keras.callbacks.Callback):
             previous.best.describe())
         self._target.set_weights(previous.weights)
         return previous
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """Where a phase's training loss stopped being finite."""
+
+    phase: str
+    epoch: int
+    step: int | None  # None: the training loss was finite, the validation loss of the epoch was not
+    loss: float
+    good_epoch: int | None
+
+    def where(self) -> str:
+        if self.step is None:
+            return f"epoch {self.epoch} (validation loss {self.loss})"
+        return f"epoch {self.epoch}, step {self.step} (training loss {self.loss})"
+
+    def describe(self) -> str:
+        kept = f"the weights of epoch {self.good_epoch}" if self.good_epoch else "the weights it started from"
+        return (f"Phase {self.phase} diverged at {self.where()}: stopped it and kept {kept}. A learning rate too "
+                "high is the usual cause: try one about 10x lower.")
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Stops a phase at the first non-finite training loss and puts the last good weights back.
+
+    The good weights are those at the end of the last epoch whose training and validation losses
+    were finite (or at the phase's start). A batch's loss is measured before its update, so an
+    epoch is only trusted once its validation loss (measured after) is finite too; without
+    validation data, once its training loss is.
+    """
+
+    def __init__(self, phase: str) -> None:
+        super().__init__()
+        self._phase = phase
+        self._good: list[np.ndarray] | None = None
+        self._epoch = 0
+        self.good_epoch: int | None = None
+        self.diverged: Divergence | None = None
+
+    def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
+        self._good = self.model.get_weights()
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        loss = (logs or {}).get("loss")
+        if self.diverged is not None or loss is None or math.isfinite(float(loss)):
+            return
+        self.diverged = Divergence(self._phase, self._epoch + 1, batch + 1, float(loss), self.good_epoch)
+        self.model.stop_training = True
+        if self._good is not None:
+            self.model.set_weights(self._good)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        if self.diverged is not None:
+            return
+        validation = (logs or {}).get("val_loss")
+        if validation is not None and not math.isfinite(float(validation)):
+            self.diverged = Divergence(self._phase, epoch + 1, None, float(validation), self.good_epoch)
+            self.model.stop_training = True
+            if self._good is not None:
+                self.model.set_weights(self._good)
+            return
+        self._good = self.model.get_weights()
+        self.good_epoch = epoch + 1

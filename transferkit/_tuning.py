@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import keras
 
+from transferkit._atomic import atomic_path, write_text_atomic
 from transferkit._errors import MissingDependencyError, check_choice
 from transferkit._features import FeatureCache
 from transferkit._finetuner import FineTuner
@@ -114,7 +115,7 @@ def _tuner_class(kind: str) -> type:
             score = tuner.evaluate(self._data).accuracy
             keras.backend.clear_session()  # each trial builds a new model: free the last one
             self.trial_seconds[trial.trial_id] = time.perf_counter() - start
-            self._times_file.write_text(json.dumps(self.trial_seconds))
+            write_text_atomic(self._times_file, json.dumps(self.trial_seconds))
             return {"val_accuracy": score}
 
     return TransferTuner
@@ -148,7 +149,7 @@ class SearchResult:
     def write_csv(self, path: PathLike) -> Path:
         out = Path(path)
         columns = sorted({k for row in self.rows for k in row}, key=lambda c: (c != "trial", c))
-        with open(out, "w", newline="") as f:
+        with atomic_path(out) as temporary, open(temporary, "x", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
             writer.writerows(self.rows)

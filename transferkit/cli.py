@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import shutil
 import sys
 import warnings
 from collections.abc import Sequence
@@ -27,7 +29,10 @@ if TYPE_CHECKING:
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from transferkit._atomic import RunLock, remove_stale_temporaries, write_text_atomic
 from transferkit._finetuner import DEFAULT_BACKBONE, REFIT_MAX_IMAGES
+
+CHECKPOINT_DIR = "checkpoint"  # in RUN_DIR while `transferkit train` runs: what a rerun resumes from
 
 
 class _UsageError(Exception):
@@ -189,12 +194,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
                          class_weight="balanced" if _flag(o, "balanced") else None,
                          keep_best=not _flag(o, "keep_last"),
                          refit=_refit_choice(o["refit"]), temperature_scaling=_flag(o, "calibrate"))
-    print(f"Training {spec.name} on {data.num_train} images ({data.num_validation} for validation), "
-          f"classes: {', '.join(data.class_names)}")
-    tuner.fit(data)
     out = Path(o["out"])
-    tuner.save(out)
-    metrics = tuner.write_report(data, out)
+    with RunLock(out):  # a second `transferkit train --out` on this folder stops with one line
+        remove_stale_temporaries(out)  # half-written files of a killed run: never loaded, removed
+        checkpoint = out / CHECKPOINT_DIR
+        resume = None if args.restart else tuner.resume_point(checkpoint)
+        if resume is not None:
+            print(f"Resuming from {resume} (checkpoint in {checkpoint}; --restart starts over)")
+        print(f"Training {spec.name} on {data.num_train} images ({data.num_validation} for validation), "
+              f"classes: {', '.join(data.class_names)}")
+        tuner.fit(data, checkpoint_dir=checkpoint, restart=args.restart)
+        tuner.save(out)
+        metrics = tuner.write_report(data, out)
+        shutil.rmtree(checkpoint, ignore_errors=True)  # everything is written: nothing left to resume
     if tuner.best_epoch is not None:
         print(f"Kept the weights of the best validated {tuner.best_epoch.describe()}.")
     if tuner.refitted is not None:
@@ -236,7 +248,6 @@ def _refit_choice(value: Any) -> bool | str:
 
 def _cmd_tune(args: argparse.Namespace) -> int:
     import transferkit as tk
-    from transferkit.report import plot_scores
 
     spec = tk.get_backbone(args.backbone or DEFAULT_BACKBONE)
     weights = _weights(args.weights)
@@ -246,7 +257,16 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         options["batch_size"] = args.batch_size
     data = tk.load_folder(args.data_dir, progress=True, **options)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out):  # a second `transferkit tune --out` on this folder stops with one line
+        remove_stale_temporaries(out)
+        return _search(args, data, spec, weights, seeded, out)
+
+
+def _search(args: argparse.Namespace, data: Any, spec: BackboneSpec, weights: str | None, seeded: dict[str, Any],
+            out: Path) -> int:
+    import transferkit as tk
+    from transferkit.report import plot_scores
+
     cache = tk.FeatureCache()
     resumed = (out / "search").is_dir()
     print(f"{'Resuming' if resumed else 'Starting'} a {args.tuner} search of {args.max_trials} trials over the head"
@@ -296,7 +316,7 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     plot_lr_find(result, out / "lr_find.png")
-    (out / "lr_find.json").write_text(json.dumps(result.to_dict(), indent=2))
+    write_text_atomic(out / "lr_find.json", json.dumps(result.to_dict(), indent=2))
     print(f"suggested learning rate: {result.suggestion:.3g}")
     flag = "--learning-rate" if phase == "head" else "--fine-tune-learning-rate"
     print(f"Wrote {out / 'lr_find.png'} and lr_find.json; pass it to `transferkit train` as {flag}")
@@ -337,16 +357,18 @@ def _tta(args: argparse.Namespace) -> dict[str, Any]:
 def _cmd_predict(args: argparse.Namespace) -> int:
     import transferkit as tk
 
+    from transferkit.data._images import printable
+
     tuner = tk.FineTuner.load(args.run_dir)
     predictions = tuner.predict(args.images, **_tta(args))
     paths = predictions.paths or ()
     tops = predictions.top(args.top_k)
     if args.json:
-        print(json.dumps([{"path": p, "top": [{"class": c, "probability": q} for c, q in t]}
+        print(json.dumps([{"path": printable(p), "top": [{"class": c, "probability": q} for c, q in t]}
                           for p, t in zip(paths, tops)], indent=2))
         return 0
     for path, top in zip(paths, tops):
-        print(f"{path}: " + ", ".join(f"{c} {q:.3f}" for c, q in top))
+        print(f"{printable(path)}: " + ", ".join(f"{c} {q:.3f}" for c, q in top))
     return 0
 
 
@@ -403,7 +425,9 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="train again on training + validation images for the epochs kept (auto: up to "
                         f"{REFIT_MAX_IMAGES} images)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--out", help="folder for the model, labels, metrics and plots (default ./run)")
+    p.add_argument("--out", help="folder for the model, labels, metrics and plots (default ./run); running the "
+                                 "same command again after a kill resumes from the last epoch")
+    p.add_argument("--restart", action="store_true", help="start over instead of resuming an interrupted run")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("tune", help="search the head (and fine-tune depth) with keras-tuner")
@@ -476,6 +500,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from transferkit import TransferkitError
 
+    handler = logging.StreamHandler(sys.stderr)  # the library's warnings (a diverged phase, …) as one line each
+    handler.setFormatter(logging.Formatter("warning: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    library_log = logging.getLogger("transferkit")
+    library_log.addHandler(handler)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
@@ -484,8 +513,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        hint = "; run the same command again to resume from the last epoch" if args.command == "train" else ""
+        print(f"error: interrupted{hint}", file=sys.stderr)
         return 130
+    finally:
+        library_log.removeHandler(handler)
 
 
 if __name__ == "__main__":

@@ -27,11 +27,17 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from transferkit._errors import ConfigError, MissingDependencyError, WeightsUnavailableError
+from transferkit._errors import ConfigError, DataError, MissingDependencyError, WeightsUnavailableError
 from transferkit._model import with_preprocessing
 from transferkit._types import PathLike, Weights
 from transferkit.backbones._groups import GroupRule
-from transferkit.backbones._registry import BackboneSpec, get_backbone, register_backbone, register_resolver
+from transferkit.backbones._registry import (
+    BackboneSpec,
+    get_backbone,
+    list_backbones,
+    register_backbone,
+    register_resolver,
+)
 
 __all__ = ["HubLayer", "export_hub_module", "hub_backbone", "register_hub_backbone", "resolve_handle"]
 
@@ -52,25 +58,45 @@ def resolve_handle(handle: PathLike) -> str:
     text = str(handle)
     if not _is_url(text):
         path = Path(text).expanduser()
-        if not (path / "saved_model.pb").is_file():
+        if not _holds_savedmodel(text):
             raise WeightsUnavailableError(
                 f"Hub handle {text!r} is not a URL and not a directory holding a SavedModel (saved_model.pb). "
                 "Pass the folder you unpacked the model into."
             )
         return str(path)
     try:
+        return _fetch(text)
+    except _FetchFailed as failure:
+        raise WeightsUnavailableError(
+            f"Could not fetch Hub model {text!r} ({failure}). "
+            "Without network access, download it elsewhere, unpack it into a folder and pass that folder "
+            f"as the handle (or place it in {_hub_cache()})."
+        ) from None
+
+
+def _holds_savedmodel(folder: str) -> bool:
+    return (Path(folder).expanduser() / "saved_model.pb").is_file()
+
+
+def _hub_cache() -> str:
+    folder = os.environ.get("TFHUB_CACHE_DIR")
+    return f"the tensorflow_hub cache (TFHUB_CACHE_DIR{'=' + folder if folder else ''})"
+
+
+class _FetchFailed(Exception):
+    """tensorflow_hub could not resolve a URL; the message is the short reason."""
+
+
+def _fetch(url: str) -> str:
+    """The local folder tensorflow_hub resolves ``url`` to (from its cache, else downloaded)."""
+    try:
         import tensorflow_hub as hub
     except ImportError:
         raise MissingDependencyError("Hub URLs need tensorflow-hub. Fix: pip install tensorflow-hub") from None
     try:
-        return str(hub.resolve(text))
+        return str(hub.resolve(url))
     except Exception as error:  # tensorflow_hub raises assorted network errors
-        cache = os.environ.get("TFHUB_CACHE_DIR", "the tensorflow_hub cache (TFHUB_CACHE_DIR)")
-        raise WeightsUnavailableError(
-            f"Could not fetch Hub model {text!r} ({type(error).__name__}: {str(error).splitlines()[0][:160]}). "
-            "Without network access, download it elsewhere, unpack it into a folder and pass that folder "
-            f"as the handle (or place it in {cache})."
-        ) from None
+        raise _FetchFailed(f"{type(error).__name__}: {str(error).splitlines()[0][:160]}") from None
 
 
 def _handle_of(handle: str) -> str:
@@ -175,10 +201,11 @@ class HubLayer(keras.layers.Layer):
 
         if serialization_lib.in_safe_mode() is not False:
             raise WeightsUnavailableError(
-                f"This model holds a TensorFlow Hub module ({config.get('handle')!r}); loading it runs the "
-                "module's SavedModel graph, which Keras' safe_mode refuses. If you trust the file, load it "
-                "with safe_mode=False (FineTuner.load(path, safe_mode=False) or "
-                "keras.saving.load_model(path, safe_mode=False))."
+                f"This model holds a TensorFlow Hub module ({config.get('handle')!r}); deserialising it would "
+                "load and run whatever SavedModel the file names, which safe mode refuses. A run saved by "
+                "FineTuner loads safely with FineTuner.load(run_dir) (the module comes from the handle the run "
+                "recorded, only weights from the file); a .keras file of your own that you trust loads with "
+                "keras.saving.load_model(path, safe_mode=False)."
             )
         return cls(**config)
 
@@ -225,11 +252,14 @@ def hub_backbone(
     size is measured with one call. Hub image modules take floats in [0, 1] (``"unit"``).
     """
     text = str(handle)
+    if not _is_url(text) and not text.startswith("hub:"):
+        # a saved run records this handle: a relative folder would not resolve from another directory
+        text = os.path.abspath(os.path.expanduser(text))
     if input_size is None or feature_dim is None:
         size, features = _probe(text, signature, output_key, input_size)
         input_size, feature_dim = input_size or size, feature_dim or features
     return BackboneSpec(
-        name=name or f"hub:{text}",
+        name=name or f"hub:{handle}",
         family="hub",
         constructor=_hub_constructor(text, signature, output_key),
         input_size=input_size,
@@ -283,6 +313,50 @@ def export_hub_module(model: keras.Model, directory: PathLike, *,
     out = Path(directory)
     tf.saved_model.save(module, str(out), signatures={"serving_default": serve})
     return out
+
+
+def hub_backbone_of_run(
+    name: str,
+    recorded_handle: str,
+    *,
+    run: str,
+    input_size: int,
+    feature_dim: int | None,
+    preprocessing: str,
+    layer_config: dict[str, Any],
+) -> BackboneSpec:
+    """The Hub backbone a saved run was trained on, to build its model again (see ``_saving.load_run``).
+
+    The module is the one registered under the run's backbone name, if any (that is how a module
+    that moved is pointed at), else the one at the handle the run recorded. How it is called
+    (``signature``, ``output_key``) and the preprocessing are what the saved model used, read from
+    its config as plain values.
+
+    Raises:
+        DataError: the module is no longer where the run says; the message names it and the fix.
+    """
+    handle = recorded_handle
+    if name in list_backbones(family="hub"):
+        handle = get_backbone(name).handle or recorded_handle
+    register = f"transferkit.hub.register_hub_backbone({name!r}, '/path/to/module')"
+    if not _is_url(handle) and not _holds_savedmodel(handle):
+        raise DataError(
+            f"The run {run!r} needs the TensorFlow Hub module it was trained on, at {handle!r}, and that folder no "
+            f"longer holds it (no saved_model.pb). Fix: put the module back at {handle}, or register where it is now "
+            f"under the run's backbone name before loading: {register}."
+        )
+    if _is_url(handle):
+        try:
+            _fetch(handle)
+        except _FetchFailed as failure:
+            raise DataError(
+                f"The run {run!r} needs the TensorFlow Hub module it was trained on, {handle!r}, which could not "
+                f"be fetched ({failure}). Fix: place it in {_hub_cache()}, or unpack a copy into a folder and "
+                f"register it under the run's backbone name before loading: {register}."
+            ) from None
+    return hub_backbone(handle, name=name, input_size=input_size, feature_dim=feature_dim,
+                        signature=layer_config.get("signature"), output_key=layer_config.get("output_key"),
+                        preprocessing=preprocessing)
 
 
 def _resolve(name: str) -> BackboneSpec | None:

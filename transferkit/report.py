@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from transferkit._atomic import atomic_path, write_text_atomic
 from transferkit._calibration import Calibration
 from transferkit._errors import MissingDependencyError
 from transferkit._lr_find import LearningRateSweep
@@ -194,10 +195,14 @@ def plot_lr_find(result: LearningRateSweep, path: PathLike) -> Path:
 def _save(fig: Any, path: PathLike) -> Path:
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
     import matplotlib.pyplot as plt
 
-    plt.close(fig)
+    try:
+        # Named, as the temporary name ends in ".tmp"; a name without a suffix gets PNG.
+        with atomic_path(out) as temporary:
+            fig.savefig(temporary, dpi=100, format=out.suffix[1:].lower() or "png")
+    finally:
+        plt.close(fig)
     return out
 
 
@@ -251,7 +256,7 @@ def write_report(
     """
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
-    (root / "labels.txt").write_text("\n".join(class_names) + "\n")
+    write_text_atomic(root / "labels.txt", "\n".join(class_names) + "\n")
     metrics: dict[str, Any] = {"history": history, "skipped": [list(s) for s in skipped],
                                "best": best.to_dict() if best is not None else None,
                                "refit": refit.to_dict() if refit is not None else None,
@@ -274,5 +279,5 @@ def write_report(
                                       background=settings.background) for i in order])
         plot_predictions(images, [predicted[i] for i in order], root / "predictions.png",
                          true=[true[i] for i in order], rows=2, columns=max(1, (len(order) + 1) // 2))
-    (root / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_text_atomic(root / "metrics.json", json.dumps(metrics, indent=2))
     return metrics

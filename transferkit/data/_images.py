@@ -1,13 +1,24 @@
 """Decoding image files so that what a person sees is what the network gets.
 
-Images are decoded with Pillow: EXIF orientation is honoured; grayscale, palette, CMYK and
-16-bit images become RGB; transparent pixels are composited onto a background colour instead of
-having their alpha dropped. Arrays of pixels go through the same rules in :func:`as_image_batch`.
+Images are decoded with Pillow: EXIF orientation is honoured; grayscale, palette, CMYK, YCCK and
+16-bit images become RGB; transparent pixels (alpha channels and PNG transparency chunks) are
+composited onto a background colour instead of having their alpha dropped; animated and
+multi-page files give their first frame. Arrays of pixels go through the same rules in
+:func:`as_image_batch`.
+
+Memory stays bounded: an image whose declared size is above Pillow's decompression-bomb limit
+(``PIL.Image.MAX_IMAGE_PIXELS``) is refused before any pixel is decoded, JPEGs are decoded at a
+reduced scale (``Image.draft``) when they are much larger than needed, and other large images are
+reduced (``Image.reduce``) before the colour conversions copy them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import re
+import stat
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,19 +29,101 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from transferkit._errors import DataError, check_choice
 from transferkit._types import Color, PathLike
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 RESIZE_MODES = ("pad", "stretch", "crop")
 WHITE: Color = (255, 255, 255)
 
+# Checking a file decodes every byte of it, but a JPEG can be decoded at 1/8 scale for that, and
+# the pixels are thrown away: checking is cheap in time and memory even for very large photos.
+_CHECK_SIDE = 256
+
+# Modes that Image.reduce averages correctly (palette indices and 1-bit pixels cannot be averaged,
+# and straight alpha is composited before it is reduced).
+_REDUCIBLE = ("L", "RGB", "RGBX", "CMYK", "YCbCr", "I", "F")
+
+
+class _Unusable(Exception):
+    """A file that is not an image we can use, with the reason in words."""
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print or write as UTF-8: bytes of a file name that are not UTF-8 (which
+    Python keeps as lone surrogates) become ``\\xe9``-style escapes."""
+    try:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+    except UnicodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def unreadable_reason(path: PathLike) -> str | None:
+    """Why ``path`` is not a readable regular file (missing, a broken or looping link, a folder,
+    a device or pipe), or ``None`` if it is one. Never opens the file, so a pipe cannot hang it."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return f"broken symbolic link (its target {printable(os.readlink(path))!r} does not exist)"
+        return "file not found"
+    except ValueError:  # a NUL byte in the path
+        return "file not found (the path contains a NUL byte)"
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "symbolic link loop"
+        return f"cannot be read ({error.strerror})"
+    if stat.S_ISDIR(info.st_mode):
+        return "a folder, not a file"
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file (a pipe, socket or device)"
+    return None
+
+
+def _too_large(pixels: int | None, limit: int | None, size: tuple[int, int] | None = None) -> str:
+    declared = f"{size[0]}×{size[1]} = " if size else ""
+    declared += f"{pixels:,} pixels, " if pixels else ""
+    return (f"too large ({declared}above the decompression-bomb limit of {limit or 0:,} pixels; "
+            "raise PIL.Image.MAX_IMAGE_PIXELS if the image is genuine)")
+
+
+def _check_size(image: Image.Image) -> None:
+    limit = Image.MAX_IMAGE_PIXELS
+    width, height = image.size
+    if limit is not None and width * height > limit:
+        raise _Unusable(_too_large(width * height, limit, (width, height)))
+
+
+def _reduced(image: Image.Image, side: int | None) -> Image.Image:
+    """``image`` shrunk by a whole factor while both sides stay at least ``side`` (box average)."""
+    if side is None or "transparency" in image.info:
+        return image
+    factor = min(image.size) // side
+    if factor < 2:
+        return image
+    if image.mode.startswith("I;16"):
+        image = image.convert("I")
+    return image.reduce(factor) if image.mode in _REDUCIBLE else image
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    with contextlib.suppress(Exception):  # unreadable EXIF: the pixels are still fine, use them as stored
+        ImageOps.exif_transpose(image, in_place=True)
+    return image
+
 
 def _to_rgb(image: Image.Image, background: Color) -> Image.Image:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
+    transparency = image.info.get("transparency")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        raw = np.asarray(image)
+        array = raw.astype(np.float64)
         top = 65535.0 if image.mode.startswith("I") and array.max(initial=0) > 255 else 255.0
         if image.mode == "F" and array.max(initial=0) <= 1.0:
             top = 1.0
-        image = Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8), mode="L")
-    if image.mode == "P" and "transparency" in image.info:
+        gray = Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8), mode="L")
+        if isinstance(transparency, int) and image.mode != "F":  # a PNG tRNS chunk: one transparent value
+            alpha = Image.fromarray(np.where(raw == transparency, 0, 255).astype(np.uint8), mode="L")
+            image = Image.merge("LA", (gray, alpha))
+        else:
+            image = gray
+    elif transparency is not None and image.mode in ("P", "L", "RGB", "1"):
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
         rgba = image.convert("RGBA")
@@ -40,35 +133,56 @@ def _to_rgb(image: Image.Image, background: Color) -> Image.Image:
     return image.convert("RGB")
 
 
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError)
-
-
-def _decode(path: PathLike, background: Color) -> Image.Image:
+def _decode(path: PathLike, background: Color, side: int | None = None) -> Image.Image:
+    """Upright RGB pixels of the first frame; with ``side``, possibly reduced (both sides ≥ ``side``)."""
+    reason = unreadable_reason(path)
+    if reason is not None:
+        raise _Unusable(reason)
     with Image.open(path) as image:
+        _check_size(image)
+        if side is not None:
+            image.draft(None, (side, side))  # JPEG only: decode at 1/2, 1/4 or 1/8 scale
         image.load()
-        return _to_rgb(ImageOps.exif_transpose(image), background)
-
-
-def read_image(path: PathLike, *, background: Color = WHITE) -> Image.Image:
-    """Open ``path`` as an upright RGB image (EXIF rotation applied, alpha composited).
-
-    Raises:
-        DataError: the file cannot be decoded (the message names it and says why).
-    """
-    try:
-        return _decode(path, background)
-    except _DECODE_ERRORS as error:
-        raise DataError(f"Cannot read image {str(path)!r}: {_reason(path, error)}") from None
+        rgb = _to_rgb(_upright(_reduced(image, side)), background)
+    return _reduced(rgb, side)  # images with transparency shrink once composited
 
 
 def _reason(path: PathLike, error: BaseException) -> str:
-    if os.path.exists(path) and os.path.getsize(path) == 0:
-        return "empty file (0 bytes)"
+    if isinstance(error, _Unusable):
+        return str(error)
+    if isinstance(error, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        pixels = re.search(r"\((\d+) pixels\)", str(error))
+        return _too_large(int(pixels.group(1)) if pixels else None, Image.MAX_IMAGE_PIXELS)
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file (0 bytes)"
+    except (OSError, ValueError):
+        pass
     if isinstance(error, UnidentifiedImageError):
         return "not an image (Pillow does not recognise the format)"
+    if isinstance(error, PermissionError):
+        return "permission denied"
     if isinstance(error, FileNotFoundError):
         return "file not found"
-    return f"corrupt or truncated ({error})"
+    if isinstance(error, MemoryError):
+        return "too large to decode in the memory available"
+    if isinstance(error, (OSError, SyntaxError, ValueError, EOFError)):
+        return f"corrupt or truncated ({error})"
+    return f"cannot be decoded ({type(error).__name__}: {error})"
+
+
+def read_image(path: PathLike, *, background: Color = WHITE) -> Image.Image:
+    """Open ``path`` as an upright RGB image at full size (first frame, EXIF rotation applied,
+    transparency composited onto ``background``).
+
+    Raises:
+        DataError: the file cannot be used (the message names it and says why: missing, empty,
+            not an image, corrupt, too large …).
+    """
+    try:
+        return _decode(path, background)
+    except Exception as error:  # any decoder failure: one named, explained DataError
+        raise DataError(f"Cannot read image {printable(str(path))!r}: {_reason(path, error)}") from None
 
 
 def resize_image(image: Image.Image, size: int, *, mode: str = "pad", background: Color = WHITE) -> np.ndarray:
@@ -95,15 +209,24 @@ def resize_image(image: Image.Image, size: int, *, mode: str = "pad", background
 def load_image(
     path: PathLike, *, image_size: int, resize: str = "pad", background: Color = WHITE
 ) -> np.ndarray:
-    """Read and resize one image file to a ``(image_size, image_size, 3)`` uint8 array."""
-    return resize_image(read_image(path, background=background), image_size, mode=resize, background=background)
+    """Read and resize one image file to a ``(image_size, image_size, 3)`` uint8 array.
+
+    Training, evaluation and prediction all read files through this function. A large image is
+    decoded at a reduced size (never below twice ``image_size`` on either side), so a 50-megapixel
+    photo costs a few megabytes, not hundreds.
+    """
+    try:
+        image = _decode(path, background, side=2 * image_size)
+    except Exception as error:
+        raise DataError(f"Cannot read image {printable(str(path))!r}: {_reason(path, error)}") from None
+    return resize_image(image, image_size, mode=resize, background=background)
 
 
 def check_image(path: PathLike) -> str | None:
     """Why ``path`` cannot be used as an image, or ``None`` if it decodes fully."""
     try:
-        _decode(path, WHITE)
-    except _DECODE_ERRORS as error:
+        _decode(path, WHITE, side=_CHECK_SIDE)
+    except Exception as error:  # every failure becomes a reason, never a traceback
         return _reason(path, error)
     return None
 

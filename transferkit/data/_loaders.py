@@ -20,7 +20,7 @@ from transferkit.data._pipelines import (
     file_pipeline,
     pipeline_settings,
 )
-from transferkit.data._sources import ImageFiles, read_csv, scan_folder
+from transferkit.data._sources import ImageFiles, checked_class_names, read_csv, scan_folder
 from transferkit.data._splits import class_weights, stratified_split
 
 if TYPE_CHECKING:
@@ -137,17 +137,66 @@ def load_csv(
     root: PathLike | None = None,
     multi_label: bool = False,
     label_separator: str = " ",
+    class_names: Sequence[str] | None = None,
     strict: bool = False,
     **options: Unpack[PipelineOptions],
 ) -> ImageData:
-    """Load images listed in a CSV file or DataFrame (see :func:`read_csv` for the columns).
+    """Load images listed in a CSV file or DataFrame (see :func:`read_csv` for the columns and
+    the rules for blank, repeated and unknown rows).
 
+    ``class_names`` fixes the classes and their order; a label outside them is an error.
     ``**options`` are :class:`PipelineSettings` fields, as for :func:`load_folder`.
     """
     settings = pipeline_settings(dict(options), where="load_csv")
     files = read_csv(table, path_column=path_column, label_column=label_column, root=root,
-                     multi_label=multi_label, label_separator=label_separator, strict=strict)
+                     multi_label=multi_label, label_separator=label_separator, class_names=class_names,
+                     strict=strict)
     return _from_files(files, settings, None)
+
+
+def _array_labels(labels: Sequence[int | str] | np.ndarray, count: int,
+                  class_names: Sequence[str] | None) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Class indices of ``labels`` (indices or names) and the class names, or a DataError."""
+    raw = np.asarray(labels)
+    if raw.ndim != 1:
+        hint = " For one-hot rows pass labels.argmax(axis=1)." if raw.ndim == 2 else ""
+        raise DataError(f"Expected labels of shape (n,): one class index or name per image. "
+                        f"Received shape {raw.shape}.{hint}")
+    if len(raw) != count:
+        raise DataError(f"Got {count} images but {len(raw)} labels; they must match one to one.")
+    if count == 0:
+        raise DataError("from_arrays() got no images. Pass at least two classes' worth of images.")
+    names = checked_class_names(class_names, where="from_arrays") if class_names is not None else None
+    if raw.dtype.kind == "O" and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in raw):
+        raw = raw.astype(np.int64)
+    if raw.dtype.kind in "OUS":
+        text = [v.decode() if isinstance(v, bytes) else str(v) for v in raw]
+        names = names if names is not None else tuple(sorted(set(text)))
+        index = {n: i for i, n in enumerate(names)}
+        unknown = sorted({t for t in text if t not in index})
+        if unknown:
+            shown = ", ".join(repr(u) for u in unknown[:5])
+            shown += f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+            raise DataError(f"Labels {shown} are not in class_names. Known classes: "
+                            f"{', '.join(repr(n) for n in names)}. Fix the labels or add the classes to class_names.")
+        y = np.asarray([index[t] for t in text], dtype=np.int64)
+    elif raw.dtype.kind in "biuf":
+        if raw.dtype.kind == "f" and not np.all(np.isfinite(raw) & (raw == np.round(raw))):
+            odd = raw[~(np.isfinite(raw) & (raw == np.round(raw)))][:5].tolist()
+            raise DataError(f"Labels must be whole class indices. Received: {odd} among the labels.")
+        y = raw.astype(np.int64)
+        if names is None:
+            names = tuple(str(i) for i in range(max(int(y.max()) + 1, 1)))
+    else:
+        raise DataError(f"Labels must be class indices or class names. Received labels of dtype {raw.dtype}.")
+    outside = sorted({int(v) for v in y if not 0 <= v < len(names)})
+    if outside:
+        shown = ", ".join(str(v) for v in outside[:5]) + (", …" if len(outside) > 5 else "")
+        raise DataError(f"Labels must lie in [0, {len(names) - 1}] for {len(names)} class names. "
+                        f"Received labels outside: {shown}. Fix the labels or pass the full class_names.")
+    if len(names) < 2:
+        raise DataError(f"A classifier needs at least two classes. Received class_names={list(names)}.")
+    return y, names
 
 
 def from_arrays(
@@ -160,7 +209,9 @@ def from_arrays(
     """Build pipelines from numpy arrays of pixels in [0, 255].
 
     Grayscale images are repeated to RGB, RGBA is composited onto ``background``, and images
-    are resized (stretched) to ``image_size``. ``labels`` are class indices or class names.
+    are resized (stretched) to ``image_size``. ``labels`` are class indices or class names: a name
+    is numbered by its position in ``class_names`` (sorted names when ``class_names`` is omitted),
+    and a name that is not in ``class_names``, or an index outside it, is a DataError.
     ``**options`` are :class:`PipelineSettings` fields, as for :func:`load_folder`
     (``resize`` can only be ``"stretch"`` here).
 
@@ -172,21 +223,7 @@ def from_arrays(
         raise ConfigError(f"from_arrays() stretches arrays to image_size. Received: resize={settings.resize!r}; "
                           "resize the arrays yourself first, or leave resize out.")
     array = as_image_batch(images, channels=(1, 3, 4))
-    raw = np.asarray(labels)
-    if len(raw) != len(array):
-        raise DataError(f"Got {len(array)} images but {len(raw)} labels; they must match one to one.")
-    if raw.dtype.kind in "OUS":
-        names = tuple(sorted({str(v) for v in raw}))
-        index = {n: i for i, n in enumerate(names)}
-        y = np.asarray([index[str(v)] for v in raw], dtype=np.int64)
-        class_names = class_names or names
-    else:
-        y = raw.astype(np.int64)
-        class_names = tuple(class_names) if class_names is not None else tuple(str(i) for i in range(int(y.max()) + 1))
-    if y.min() < 0 or y.max() >= len(class_names):
-        raise DataError(f"Labels must lie in [0, {len(class_names) - 1}] for {len(class_names)} class names.")
-    if len(class_names) < 2:
-        raise DataError("A classifier needs at least two classes; the labels hold one.")
+    y, class_names = _array_labels(labels, len(array), class_names)
     train_idx, val_idx = stratified_split(y, validation_fraction=settings.validation_split, seed=settings.seed)
     return ImageData(
         train=array_pipeline(array[train_idx], y[train_idx], settings, training=True),

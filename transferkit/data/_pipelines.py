@@ -8,6 +8,7 @@ Every pipeline yields ``(images, labels)`` batches with images as float32 RGB in
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -117,7 +118,7 @@ def file_pipeline(files: ImageFiles, settings: PipelineSettings, *, training: bo
     size, resize, background = settings.image_size, settings.resize, settings.background
 
     def decode(path: bytes) -> np.ndarray:
-        return load_image(path.decode(), image_size=size, resize=resize, background=background)
+        return load_image(os.fsdecode(path), image_size=size, resize=resize, background=background)
 
     def load(path: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         image = tf.numpy_function(decode, [path], tf.uint8, stateful=False)
@@ -125,7 +126,9 @@ def file_pipeline(files: ImageFiles, settings: PipelineSettings, *, training: bo
         return image, label
 
     labels = files.labels.astype(np.float32 if files.multi_label else np.int64)
-    ds = tf.data.Dataset.from_tensor_slices((list(files.paths), labels))
+    # File names are bytes to the operating system and may not be valid UTF-8 (a Latin-1 'café.png'):
+    # TF string tensors hold bytes, so hand it the bytes, never text it would have to encode.
+    ds = tf.data.Dataset.from_tensor_slices(([os.fsencode(p) for p in files.paths], labels))
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return _finish(ds, len(files), settings, training=training, cache=cache)
 

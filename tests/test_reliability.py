@@ -126,8 +126,10 @@ def test_train_killed_with_sigkill_resumes_to_the_uninterrupted_result(photos, r
     assert resumed in again.stdout
     _check_run_folder(run)
     # deterministic here (tiny backbone, fixed seed, no augmentation): the same weights as never killed
-    for ours, theirs in zip(_weights(run), _weights(reference)):
-        np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-6)
+    ours, theirs = _weights(run), _weights(reference)
+    assert len(ours) == len(theirs)
+    for mine, other in zip(ours, theirs):
+        np.testing.assert_allclose(mine, other, rtol=0, atol=1e-6)
     history = json.loads((run / "transferkit.json").read_text())["history"]
     assert history == json.loads((reference / "transferkit.json").read_text())["history"]
 
@@ -197,12 +199,62 @@ def test_fit_checkpoint_dir_resumes_in_python_with_the_same_curves(photos, tmp_p
     second.fit(data, verbose=0, checkpoint_dir=tmp_path / "ck")
     assert second.history == whole.history
     assert second.best_epoch == whole.best_epoch
+    assert len(second.model.get_weights()) == len(whole.model.get_weights())
     for ours, theirs in zip(second.model.get_weights(), whole.model.get_weights()):
         np.testing.assert_array_equal(ours, theirs)
     # a finished checkpoint restores everything without training
     third = tuner()
     third.fit(data, verbose=0, checkpoint_dir=tmp_path / "ck", callbacks=[_StopAfter(1)])
     assert third.history == whole.history
+
+
+def test_gradual_unfreezing_resumes_in_its_stage(photos, tmp_path):
+    data = tk.load_folder(photos, image_size=32, batch_size=8)
+    gradual = dataclasses.replace(FAST_TUNE, epochs=4, policy=tk.UnfreezeTop(2), gradual=True)
+
+    def tuner() -> tk.FineTuner:
+        return tk.FineTuner("tiny_cnn", weights="imagenet", head_phase=FAST_HEAD, fine_tune_phase=gradual, seed=0,
+                            refit=False)
+
+    whole = tuner()
+    whole.fit(data, verbose=0)
+    first = tuner()
+    with pytest.raises(KeyboardInterrupt):  # in the second stage of the fine-tune phase
+        first.fit(data, verbose=0, checkpoint_dir=tmp_path / "ck", callbacks=[_StopAfter(FAST_HEAD.epochs + 3)])
+    second = tuner()
+    second.fit(data, verbose=0, checkpoint_dir=tmp_path / "ck")
+    assert second.history == whole.history
+    assert len(second.history["fine_tune"]["loss"]) == 4
+    for ours, theirs in zip(second.model.get_weights(), whole.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def test_a_validation_loss_that_diverges_keeps_the_phases_last_good_epoch(photos):
+    data = tk.load_folder(photos, image_size=32, batch_size=8)
+    keeper = tk.FineTuner("tiny_cnn", weights="imagenet", head_phase=FAST_HEAD, fine_tune_phase=None, seed=0)
+    model = keeper.build(3)
+    from transferkit._selection import BestWeights, DivergenceGuard
+
+    best = BestWeights(model, phase="head", previous=None, by_accuracy=True)
+    guard = best.guard = DivergenceGuard("head")
+    guard.set_model(model)
+    guard.on_train_begin()
+    for epoch, val_loss in enumerate([0.9, 0.7, float("nan")]):
+        logs = {"loss": 1.0, "val_loss": val_loss, "val_accuracy": 0.5 + 0.1 * epoch}
+        guard.on_epoch_end(epoch, logs)
+        best.on_epoch_end(epoch, logs)
+    best.on_train_end()
+    assert guard.diverged is not None and guard.diverged.step is None and guard.good_epoch == 2
+    assert best.restore().best.epoch == 2  # the last good epoch, not nothing
+
+
+def test_a_rerun_after_a_divergence_diverges_again_instead_of_saving_a_random_head(photos, tmp_path):
+    data = tk.load_folder(photos, image_size=32)
+    explode = dataclasses.replace(FAST_HEAD, learning_rate=1e38)
+    for _ in range(2):
+        tuner = tk.FineTuner("tiny_cnn", weights="imagenet", head_phase=explode, fine_tune_phase=None, seed=0)
+        with pytest.raises(tk.TrainingDivergedError, match="diverged at epoch 1"):
+            tuner.fit(data, verbose=0, checkpoint_dir=tmp_path / "ck")
 
 
 def test_a_diverging_phase_stops_and_keeps_the_last_good_weights(photos, caplog):

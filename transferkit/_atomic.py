@@ -36,7 +36,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from transferkit._errors import RunInUseError
+from transferkit._errors import DataError, RunInUseError
 from transferkit._types import PathLike
 
 try:
@@ -220,8 +220,12 @@ class RunLock:
         """Take the lock, or raise :class:`RunInUseError` naming the process that has it."""
         if self._fd is not None:
             return self
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise DataError(f"Cannot write to the run folder {str(self.directory)!r}: {error.strerror or error}. "
+                            "Choose another --out.") from None
         try:
             if fcntl is not None:
                 self._lock_or_raise(fd)
@@ -264,6 +268,10 @@ class RunLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return
             except OSError as error:
+                if error.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                    log.warning("%s: this file system does not support locks, so other processes are not kept "
+                                "out of this folder.", self.directory)
+                    return
                 if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     raise
             holder = _read_holder(fd)

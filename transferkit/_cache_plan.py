@@ -14,6 +14,7 @@ that save the model (they would save the part above the cache, not the whole mod
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -89,6 +90,16 @@ def plan_cache(model: keras.Model, data: ImageData | None, cache: FeatureCache |
     return CachePlan(with_preprocessing(bottom, mode, name="extractor"), tail, where)
 
 
+def _token(data: ImageData) -> str:
+    """A name for arrays that no other ImageData gets, in this process or another (``id`` values
+    recur): their features are found again only through the same ImageData object."""
+    token = getattr(data, "_cache_token", None)
+    if token is None:
+        token = uuid.uuid4().hex
+        object.__setattr__(data, "_cache_token", token)
+    return str(token)
+
+
 EXTRACTION_BATCH = 128  # images per forward pass while extracting: about 15 % faster than 32 on CPU
 
 
@@ -106,7 +117,7 @@ def cached_datasets(plan: CachePlan, data: ImageData, cache: FeatureCache, *, pr
 
     def key(split: str) -> str:
         files = data.train_files if split == "train" else data.validation_files
-        source = files_digest(files.paths, files.labels) if files is not None else f"arrays:{id(data)}"
+        source = files_digest(files.paths, files.labels) if files is not None else f"arrays:{_token(data)}"
         return cache_key(model=model_key, source=source, split=split, size=settings.image_size,
                          resize=settings.resize, background=settings.background)
 

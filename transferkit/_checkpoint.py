@@ -116,15 +116,22 @@ class Checkpoint:
                     f"{str(directory)!r} holds the checkpoint of a run with other settings or data (different: "
                     f"{', '.join(changed)}). Run the same command as before to resume it, or start over with "
                     "--restart (fit(..., restart=True)).")
-            self._stages = [StageResume(**stage) for stage in state.get("stages", [])]
+            try:
+                self._stages = [StageResume(**stage) for stage in state.get("stages", [])]
+            except TypeError:
+                raise DataError(f"{str(state_file)!r} was written by another version of transferkit. Start over "
+                                "with --restart (fit(..., restart=True)).") from None
         self.fingerprint = fingerprint
         self._next = 0
 
     def clear(self) -> None:
-        """Remove the checkpoint's files (the feature cache in ``features/`` stays: its keys say what it holds)."""
+        """Remove the checkpoint's files (the feature cache in ``features/`` stays: its keys say what it holds).
+
+        ``state.json`` goes first: a kill halfway leaves no state pointing at removed files.
+        """
+        (self.directory / STATE_FILE).unlink(missing_ok=True)
         for path in self.directory.glob("stage-*.npz"):
             path.unlink()
-        (self.directory / STATE_FILE).unlink(missing_ok=True)
 
     @staticmethod
     def peek(state_file: Path) -> str | None:
@@ -172,7 +179,12 @@ class Checkpoint:
         self._path(stage.index, "epoch").unlink(missing_ok=True)
 
     def arrays(self, stage: StageResume) -> list[np.ndarray]:
-        return _load_arrays(self._path(stage.index, "done" if stage.done else "epoch"))
+        path = self._path(stage.index, "done" if stage.done else "epoch")
+        try:
+            return _load_arrays(path)
+        except (OSError, ValueError, KeyError) as error:
+            raise DataError(f"The checkpoint file {str(path)!r} cannot be read ({error}). Start over with --restart "
+                            "(fit(..., restart=True)).") from None
 
     def _put(self, stage: StageResume) -> None:
         del self._stages[stage.index:]
@@ -185,14 +197,17 @@ class Checkpoint:
 class EpochRecorder(keras.callbacks.Callback):
     """Records each completed epoch of a stage into the checkpoint (runs after the keeper)."""
 
-    def __init__(self, checkpoint: Checkpoint, stage: StageResume, trained: keras.Model, keeper: Any,
+    def __init__(self, checkpoint: Checkpoint, stage: StageResume, trained: keras.Model, keeper: Any, guard: Any,
                  base_history: dict[str, list[float]], other_history: dict[str, dict[str, list[float]]]) -> None:
         super().__init__()
         self._checkpoint, self._stage, self._trained, self._keeper = checkpoint, stage, trained, keeper
+        self._guard = guard
         self._history = {k: list(v) for k, v in base_history.items()}
         self._other = other_history
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        if self._guard is not None and self._guard.diverged is not None:
+            return  # only good epochs are resumed from (the guard put the last good weights back)
         for key, value in (logs or {}).items():
             self._history.setdefault(key, []).append(float(value))
         optimizer = self._trained.optimizer
@@ -224,9 +239,13 @@ def skip_epochs(dataset: tf.data.Dataset, epochs: int) -> None:
 
     Each iterator of a pipeline that reshuffles every iteration gets the next order of its seed.
     ``Model.fit`` (Keras 3) opens two iterators per epoch over a dataset of known length (one at
-    the start, one prepared at the end) and one over a dataset of unknown length; opening the
-    same number here makes the resumed epochs see the orders an uninterrupted run would.
+    the start, one prepared at the end); over a dataset of unknown length one in the first epoch
+    (which finds the length) and two in each later one. Opening the same number here makes the
+    resumed epochs see the orders an uninterrupted run would, when this stage was the first to
+    iterate the pipeline (see docs/reliability.md).
     """
-    per_epoch = 2 if int(dataset.cardinality()) >= 0 else 1
-    for _ in range(per_epoch * epochs):
+    if epochs <= 0:
+        return
+    opened = 2 * epochs if int(dataset.cardinality()) >= 0 else 2 * epochs - 1
+    for _ in range(opened):
         iter(dataset)

@@ -291,8 +291,9 @@ class FineTuner:
                     f"image_size={self.image_size}. Load the data with image_size={self.image_size}."
                 )
             if self.model is not None:  # built by build() at a default size and not trained: build at the data's
-                log.info("Building the model again at the data's image size %d (it was built at %d)", size,
-                         self.image_size)
+                log.warning("Building the model again at the data's image size %d: build() made it at %d. "
+                            "Changes made to that model are not in the new one; pass image_size= to "
+                            "FineTuner or build() to choose the size.", size, self.image_size)
                 self.model = None
         # a model built by build(n) with numbered classes and not trained yet takes the data's names
         renamable = not (self._trained or self._names_given) and len(data.class_names) == len(self.class_names or ())
@@ -378,7 +379,7 @@ class FineTuner:
                 stage = StageResume(index=self._checkpoint.current, name=name, done=False, epochs=0,
                                     refit=self._refitting)
             others = {k: v for k, v in self.history.items() if k != name}
-            own.append(EpochRecorder(self._checkpoint, stage, trained, keeper if self.keep_best else None,
+            own.append(EpochRecorder(self._checkpoint, stage, trained, keeper if self.keep_best else None, guard,
                                      recorded, others))
         first = done + (stage.epochs if stage is not None else 0)
         result = trained.fit(train_ds, validation_data=val_ds, epochs=done + phase.epochs, initial_epoch=first,
@@ -637,18 +638,25 @@ class FineTuner:
         directory = Path(checkpoint_dir)
         cache = self.cache
         self._checkpoint = Checkpoint(directory, self._fingerprint(train, validation), restart=restart)
-        if cache is not None and cache.directory is None:  # features on disk: a resumed fit reuses them
+        from_files = isinstance(train, ImageData) and train.train_files is not None
+        if cache is not None and cache.directory is None and from_files:  # on disk: a resumed fit reuses them
             self.cache = FeatureCache(directory / "features", memory_limit=cache.memory_limit)
         try:
             return self._fit(train, validation, callbacks, verbose)
         finally:
             self._checkpoint, self.cache = None, cache
 
-    def resume_point(self, checkpoint_dir: PathLike) -> str | None:
-        """Where :meth:`fit` with ``checkpoint_dir`` would carry on (``"fine_tune epoch 3"``), or ``None``."""
+    def resume_point(self, checkpoint_dir: PathLike, data: TrainData | None = None) -> str | None:
+        """Where :meth:`fit` with ``checkpoint_dir`` would carry on (``"fine_tune epoch 3"``), or ``None``.
+
+        With ``data``, first check that the checkpoint belongs to a fit of this FineTuner on that
+        data (the ``ConfigError`` :meth:`fit` would raise otherwise).
+        """
         state = Path(checkpoint_dir) / "state.json"
         if not state.is_file():
             return None
+        if data is not None:
+            Checkpoint(Path(checkpoint_dir), self._fingerprint(data, None))
         return Checkpoint.peek(state)
 
     def _fit(self, train: TrainData, validation: ValidationData | None, callbacks: Callbacks,
@@ -716,11 +724,17 @@ class FineTuner:
         history, keep, calibration = self.history, self.keep_best, self.calibration
         log.info("Refitting on all %d images (training and validation): %s", len(everything.train_files or ()),
                  ", then ".join(f"{name} phase {phase.epochs} epochs" for name, phase in phases))
+        validated, snapshot = self.model, self._best
         self.model, self.history, self.keep_best, self._best = None, {}, False, None
         self._refitting = True
         try:
             for name, phase in phases:
                 self._run(name, phase, everything, None, (), verbose)
+        except TrainingDivergedError as error:  # keep the validated model rather than lose the run
+            log.warning("The refit diverged, so the model trained with validation is kept: %s", error)
+            self.model = validated
+            self._best, self._held_out, self.calibration = snapshot, held_out, calibration
+            return
         finally:
             self.history, self.keep_best, self._refitting = history, keep, False
         self._best, self._loaded_best = None, best

@@ -147,6 +147,8 @@ class BestWeights(keras.callbacks.Callback):
             if self.guard.good_epoch is None:
                 self._last = None  # back at the phase's start: not a result of this phase
                 return
+            if not math.isfinite(loss):
+                return  # the validation loss diverged: the last candidate is the good epoch put back
             number = self.guard.good_epoch
         if not math.isfinite(loss) or (accuracy is not None and not math.isfinite(accuracy)):
             self._last = None  # a last epoch that diverged is no candidate

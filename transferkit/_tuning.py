@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import keras
 
 from transferkit._atomic import atomic_path, write_text_atomic
-from transferkit._errors import MissingDependencyError, check_choice
+from transferkit._errors import MissingDependencyError, TrainingDivergedError, check_choice
 from transferkit._features import FeatureCache
 from transferkit._finetuner import FineTuner
 from transferkit._freezing import UnfreezeTop
@@ -111,8 +111,11 @@ def _tuner_class(kind: str) -> type:
                       ) -> dict[str, float]:
             start = time.perf_counter()
             tuner = self._settings.tuner(trial.hyperparameters.values, cache=self._cache)
-            tuner.fit(self._data, verbose=0)
-            score = tuner.evaluate(self._data).accuracy
+            try:
+                tuner.fit(self._data, verbose=0)
+                score = tuner.evaluate(self._data).accuracy
+            except TrainingDivergedError:  # too high a learning rate: a bad trial, not a failed search
+                score = 0.0
             keras.backend.clear_session()  # each trial builds a new model: free the last one
             self.trial_seconds[trial.trial_id] = time.perf_counter() - start
             write_text_atomic(self._times_file, json.dumps(self.trial_seconds))

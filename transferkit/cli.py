@@ -198,7 +198,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     with RunLock(out):  # a second `transferkit train --out` on this folder stops with one line
         remove_stale_temporaries(out)  # half-written files of a killed run: never loaded, removed
         checkpoint = out / CHECKPOINT_DIR
-        resume = None if args.restart else tuner.resume_point(checkpoint)
+        resume = None if args.restart else tuner.resume_point(checkpoint, data)
         if resume is not None:
             print(f"Resuming from {resume} (checkpoint in {checkpoint}; --restart starts over)")
         print(f"Training {spec.name} on {data.num_train} images ({data.num_validation} for validation), "
@@ -206,6 +206,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         tuner.fit(data, checkpoint_dir=checkpoint, restart=args.restart)
         tuner.save(out)
         metrics = tuner.write_report(data, out)
+        (checkpoint / "state.json").unlink(missing_ok=True)  # first: a kill while deleting leaves no stale state
         shutil.rmtree(checkpoint, ignore_errors=True)  # everything is written: nothing left to resume
     if tuner.best_epoch is not None:
         print(f"Kept the weights of the best validated {tuner.best_epoch.describe()}.")
@@ -356,7 +357,6 @@ def _tta(args: argparse.Namespace) -> dict[str, Any]:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     import transferkit as tk
-
     from transferkit.data._images import printable
 
     tuner = tk.FineTuner.load(args.run_dir)

@@ -7,9 +7,10 @@ multi-page files give their first frame. Arrays of pixels go through the same ru
 :func:`as_image_batch`.
 
 Memory stays bounded: an image whose declared size is above Pillow's decompression-bomb limit
-(``PIL.Image.MAX_IMAGE_PIXELS``) is refused before any pixel is decoded, JPEGs are decoded at a
-reduced scale (``Image.draft``) when they are much larger than needed, and other large images are
-reduced (``Image.reduce``) before the colour conversions copy them.
+(twice ``PIL.Image.MAX_IMAGE_PIXELS``, where Pillow raises) is refused before any pixel is
+decoded, JPEGs are decoded at a reduced scale (``Image.draft``) when they are much larger than
+needed, and other large images are reduced (``Image.reduce``) before the colour conversions copy
+them (or, for palette, transparent and 16-bit images, once composited).
 """
 
 from __future__ import annotations
@@ -85,10 +86,12 @@ def _too_large(pixels: int | None, limit: int | None, size: tuple[int, int] | No
 
 
 def _check_size(image: Image.Image) -> None:
+    """Refuse what Pillow itself refuses: more than twice ``MAX_IMAGE_PIXELS`` (between one and two
+    times it Pillow only warns, and a 108-megapixel phone photo is genuine)."""
     limit = Image.MAX_IMAGE_PIXELS
     width, height = image.size
-    if limit is not None and width * height > limit:
-        raise _Unusable(_too_large(width * height, limit, (width, height)))
+    if limit is not None and width * height > 2 * limit:
+        raise _Unusable(_too_large(width * height, 2 * limit, (width, height)))
 
 
 def _reduced(image: Image.Image, side: int | None) -> Image.Image:
@@ -152,7 +155,7 @@ def _reason(path: PathLike, error: BaseException) -> str:
         return str(error)
     if isinstance(error, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
         pixels = re.search(r"\((\d+) pixels\)", str(error))
-        return _too_large(int(pixels.group(1)) if pixels else None, Image.MAX_IMAGE_PIXELS)
+        return _too_large(int(pixels.group(1)) if pixels else None, 2 * (Image.MAX_IMAGE_PIXELS or 0))
     try:
         if os.path.getsize(path) == 0:
             return "empty file (0 bytes)"

@@ -14,7 +14,7 @@ import transferkit
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "transferkit"
 NAMESPACES = ("transferkit.backbones", "transferkit.data", "transferkit.hub", "transferkit.report",
-              "transferkit.imagenet")
+              "transferkit.imagenet", "transferkit.export")
 
 TOP_LEVEL = {
     # the facade and its recipe

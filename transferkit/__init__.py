@@ -1,10 +1,11 @@
 """transferkit: transfer learning for images with Keras 3 on TensorFlow.
 
 Everything a user needs is importable from here; the implementation modules are private
-(``transferkit._finetuner`` …). Five public namespaces hold the more specialised tools:
+(``transferkit._finetuner`` …). Six public namespaces hold the more specialised tools:
 :mod:`transferkit.backbones` (writing your own backbone specs), :mod:`transferkit.data`
 (decoding and pipelines), :mod:`transferkit.hub` (TensorFlow Hub modules),
-:mod:`transferkit.report` (plots) and :mod:`transferkit.imagenet` (ImageNet predictions).
+:mod:`transferkit.report` (plots), :mod:`transferkit.imagenet` (ImageNet predictions) and
+:mod:`transferkit.export` (verified SavedModel and TFLite exports).
 
 Example:
     >>> import transferkit as tk

@@ -7,6 +7,8 @@
     transferkit tune DATA_DIR --backbone NAME --weights W [--max-trials 20] [--tuner random|bayesian|hyperband]
     transferkit evaluate RUN_DIR DATA_DIR [--tta N [--no-flip]] [--json]
     transferkit predict RUN_DIR IMAGE_OR_DIR [--top-k 3] [--tta N [--no-flip]] [--json]
+    transferkit export RUN_DIR --out PATH [--format saved_model|tflite] [--quantize none|float16|dynamic|int8]
+                       [--check DIR] [--calibration DIR] [--json]
 
 Every mistake a user can make prints one line starting with ``error:`` and exits with status 2.
 """
@@ -372,6 +374,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from transferkit.export import export_run
+
+    report = export_run(args.run_dir, args.out, format=args.format, quantize=args.quantize, check=args.check,
+                        calibration=args.calibration, calibration_images=args.calibration_images)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.describe())
+    return 0
+
+
 def _show_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
     from transferkit import SkippedFilesWarning
 
@@ -383,6 +394,8 @@ def _build_parser() -> argparse.ArgumentParser:
     from transferkit._demo import IMAGE_SIZE, PER_CLASS, SEED
     from transferkit._metrics import TOP_K
     from transferkit._tuning import EPOCHS, MAX_TRIALS, TUNERS
+    from transferkit.export import FORMATS as EXPORT_FORMATS
+    from transferkit.export import QUANTIZATIONS
 
     parser = argparse.ArgumentParser(prog="transferkit", description="Transfer learning for images with Keras 3.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
@@ -478,6 +491,21 @@ def _build_parser() -> argparse.ArgumentParser:
     _tta_options(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("export", help="write a saved run as a SavedModel or TFLite file, verified against the run")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True,
+                   help="the SavedModel folder to write (for TF Serving: MODELS/NAME/1) or a .tflite file")
+    p.add_argument("--format", default="saved_model", choices=EXPORT_FORMATS)
+    p.add_argument("--quantize", default="none", choices=QUANTIZATIONS,
+                   help="TFLite weights: none (float32), float16, dynamic (int8 weights), int8 (uint8 in and out; "
+                        "needs --check or --calibration)")
+    p.add_argument("--check", help="DIR/<class>/<images> with the run's classes to verify on (default: random pixels)")
+    p.add_argument("--calibration", help="DIR/<class>/<images> like the training data, for --quantize int8 "
+                                         "(default: --check)")
+    p.add_argument("--calibration-images", type=int, default=300, help="at most this many calibration images")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_cmd_export)
     return parser
 
 

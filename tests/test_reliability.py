@@ -229,8 +229,7 @@ def test_gradual_unfreezing_resumes_in_its_stage(photos, tmp_path):
         np.testing.assert_array_equal(ours, theirs)
 
 
-def test_a_validation_loss_that_diverges_keeps_the_phases_last_good_epoch(photos):
-    data = tk.load_folder(photos, image_size=32, batch_size=8)
+def test_a_validation_loss_that_diverges_keeps_the_phases_last_good_epoch():
     keeper = tk.FineTuner("tiny_cnn", weights="imagenet", head_phase=FAST_HEAD, fine_tune_phase=None, seed=0)
     model = keeper.build(3)
     from transferkit._selection import BestWeights, DivergenceGuard

@@ -1,4 +1,5 @@
-"""Exports: a SavedModel and four TFLite variants of a tiny run, each checked in its own runtime."""
+"""Exports: a SavedModel, four TFLite variants and an ONNX file of a tiny run, each checked in its own
+runtime, and each loaded back to predict as the run does."""
 
 from __future__ import annotations
 
@@ -17,7 +18,15 @@ import transferkit as tk
 import transferkit.export as export
 from transferkit.cli import main
 from transferkit.data import load_image
-from transferkit.export import ExportReport, decode_image_bytes, export_run, tflite_report_path
+from transferkit.export import (
+    ExportReport,
+    decode_image_bytes,
+    export_format,
+    export_run,
+    load_exported,
+    report_path,
+    tflite_report_path,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:Skipping variable loading for optimizer")
 
@@ -196,14 +205,24 @@ def _interpret(path: Path, pixels: np.ndarray) -> tuple[np.ndarray, dict, dict]:
     return np.concatenate(outputs), given, taken
 
 
+@pytest.fixture(scope="module")
+def tflite_exports(folders: dict[str, Path]) -> dict[str, tuple[Path, ExportReport]]:
+    """The four TFLite variants, each in a folder of its own; int8 calibrated on 12 training images."""
+    found = {}
+    for quantize in export.QUANTIZATIONS:
+        out = folders["root"] / "deploy" / quantize / f"tiny_{quantize}.tflite"
+        calibration = {"calibration": folders["data"], "calibration_images": 12} if quantize == "int8" else {}
+        found[quantize] = out, export_run(folders["run"], out, format="tflite", quantize=quantize,
+                                          check=folders["check"], **calibration)
+    return found
+
+
 # the bounds are what this tiny model measures, with a margin (int8: 17 of 18 top classes agree)
 @pytest.mark.parametrize(("quantize", "max_diff", "min_agreement"), [
     ("none", 1e-5, 1.0), ("float16", 1e-3, 1.0), ("dynamic", 1e-2, 1.0), ("int8", 0.1, 0.9)])
-def test_tflite_variants_run_in_litert_as_the_report_says(folders, tmp_path, quantize, max_diff, min_agreement):
-    out = tmp_path / "deploy" / f"tiny_{quantize}.tflite"
-    calibration = {"calibration": folders["data"], "calibration_images": 12} if quantize == "int8" else {}
-    report = export_run(folders["run"], out, format="tflite", quantize=quantize, check=folders["check"],
-                        **calibration)
+def test_tflite_variants_run_in_litert_as_the_report_says(folders, tflite_exports, quantize, max_diff,
+                                                          min_agreement):
+    out, report = tflite_exports[quantize]
     assert sorted(p.name for p in out.parent.iterdir()) == sorted(
         ["labels.txt", out.name, f"tiny_{quantize}.export_report.json"])
     assert tflite_report_path(out) == out.parent / f"tiny_{quantize}.export_report.json"
@@ -283,6 +302,167 @@ def test_an_export_that_lost_its_weights_is_refused(folders, tmp_path, monkeypat
     assert list(tmp_path.iterdir()) == []
 
 
+# ---------------------------------------------------------------------------------------------- ONNX
+
+
+def _needs_onnx() -> None:
+    for name in ("onnxruntime", "tf2onnx", "onnx"):
+        pytest.importorskip(name, reason='ONNX export needs pip install "transferkit[onnx]"')
+
+
+@pytest.fixture(scope="module")
+def onnx_export(folders: dict[str, Path]) -> tuple[Path, ExportReport]:
+    _needs_onnx()
+    out = folders["root"] / "deploy" / "onnx" / "tiny.onnx"
+    return out, export_run(folders["run"], out, format="onnx", check=folders["check"])
+
+
+def test_onnx_export_runs_in_onnxruntime_as_the_report_says(folders, onnx_export):
+    import onnx
+    import onnxruntime
+
+    out, report = onnx_export
+    assert sorted(p.name for p in out.parent.iterdir()) == ["labels.txt", "tiny.onnx", "tiny.onnx.export_report.json"]
+    # model.onnx and model.tflite can share a folder without one report replacing the other
+    assert report_path(out) == out.parent / "tiny.onnx.export_report.json" != report_path(out.with_suffix(".tflite"))
+    assert report.size_bytes == out.stat().st_size
+
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])  # plain ONNX Runtime
+    (given,), (taken,) = session.get_inputs(), session.get_outputs()
+    assert (given.name, given.type, given.shape) == ("images", "tensor(float)", ["batch", SIZE, SIZE, 3])
+    assert (taken.name, taken.shape) == ("probabilities", ["batch", 3])
+    assert session.get_modelmeta().custom_metadata_map == {
+        "labels": "blue\ngreen\nred\n", "image_size": str(SIZE), "resize": "pad", "background": "[255, 255, 255]"}
+    assert not [n.op_type for n in onnx.load(str(out)).graph.node if "Random" in n.op_type]  # inference mode
+
+    _, pixels = _check_pixels(folders["check"])
+    labels = tk.scan_folder(folders["check"]).labels
+    expected = _keras(folders["run"], pixels)
+    outputs = session.run(["probabilities"], {"images": pixels})[0]
+    assert report.agreement == 1.0 and (outputs.argmax(axis=1) == expected.argmax(axis=1)).all()
+    assert report.max_abs_diff == pytest.approx(float(np.abs(outputs - expected).max()), abs=1e-6)
+    assert report.max_abs_diff < 1e-5 and report.enforced is True
+    assert report.accuracy == report.keras_accuracy == pytest.approx(np.mean(expected.argmax(axis=1) == labels))
+    written = json.loads(report_path(out).read_text())
+    assert written["format"] == "onnx" and written["quantize"] == "none" and written["bytes_signature"] is None
+    assert written["tolerance"] == {"agreement": 0.99, "max_abs_diff": 1e-3}
+    assert written["input"]["name"] == "images" and written["input"]["opset"] >= 13
+    assert written["output"] == {"name": "probabilities", "dtype": "float32", "shape": [None, 3]}
+    assert written["runtime"].startswith("onnxruntime ") and "tf2onnx" in written["runtime"]
+    assert written["image_settings"] == {"image_size": SIZE, "resize": "pad", "background": [255, 255, 255]}
+    assert "ONNX" in report.describe()
+    print(f"\n{report.describe()}")
+
+
+def test_onnx_exports_that_onnxruntime_cannot_run_or_that_disagree_write_nothing(folders, tmp_path, monkeypatch):
+    """keras.layers.Normalization (EfficientNet's first layer) keeps its mean and variance as constant
+    tensors, which tf2onnx leaves as graph inputs: the file would not run. It is refused, as is an
+    export outside the tolerances."""
+    _needs_onnx()
+    import keras
+
+    tuner = tk.FineTuner.load(folders["run"])
+    pixels = keras.Input((SIZE, SIZE, 3))
+    trained = tuner.model
+    tuner.model = keras.Model(pixels, trained(keras.layers.Normalization(mean=0.0, variance=1.0)(pixels)))
+    monkeypatch.setattr(export, "_load", lambda run_dir: tuner)
+    out = tmp_path / "new" / "model.onnx"
+    with pytest.raises(tk.ConfigError, match=r"graph that needs inputs besides the images.*Normalization"):
+        export_run(folders["run"], out, format="onnx")
+    assert list(tmp_path.iterdir()) == []
+
+    tuner.model = trained
+    monkeypatch.setattr(export, "AGREEMENT_TOLERANCE", 1.01)  # more than any export can reach
+    with pytest.raises(tk.DataError, match=r"The ONNX export of this run is wrong: .* Nothing was written"):
+        export_run(folders["run"], out, format="onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_onnx_without_its_packages_says_how_to_install_them(folders, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
+    with pytest.raises(tk.MissingDependencyError, match=r'needs .*onnxruntime.* Fix: pip install "transferkit\[onnx\]"'
+                       ) as missing:
+        export_run(folders["run"], tmp_path / "m.onnx", format="onnx")
+    assert "\n" not in str(missing.value)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "m.onnx").write_bytes(b"")
+    with pytest.raises(tk.MissingDependencyError, match=r'Running an ONNX file needs onnxruntime.*transferkit\[onnx\]'):
+        load_exported(tmp_path / "m.onnx")
+
+
+# ---------------------------------------------------------------------------------------------- predicting
+
+
+def _new_images(folder: Path) -> Path:
+    """Images no export was checked on: other sizes, JPEG, PNG and a PNG with transparent corners."""
+    folder.mkdir()
+    for c, (name, color) in enumerate(CLASS_COLORS.items()):
+        image = _noisy(color, SHAPES[(2 * c + 1) % len(SHAPES)], seed=9000 + c)
+        image.save(folder / f"{name}.jpg", quality=90)
+        rgba = np.array(image.convert("RGBA").resize((50, 34)))
+        rgba[:6, :6, 3] = 0
+        Image.fromarray(rgba, "RGBA").save(folder / f"{name}_alpha.png")
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["saved_model", "tflite_none", "tflite_int8", "onnx"])
+def test_an_exported_file_predicts_as_the_run_does(folders, tmp_path, request, kind):
+    if kind == "onnx":
+        out, report = request.getfixturevalue("onnx_export")
+    elif kind == "saved_model":
+        out, report = request.getfixturevalue("saved_model")
+    else:
+        out, report = request.getfixturevalue("tflite_exports")[kind.split("_")[1]]
+    exported = load_exported(out)
+    assert exported.format == export_format(out) == report.format
+    assert exported.class_names == ("blue", "green", "red") and exported.image_size == SIZE
+    assert (exported.resize, exported.background) == ("pad", (255, 255, 255))
+    run = tk.FineTuner.load(folders["run"])
+
+    # on the check images: the outputs the report measured
+    found, expected = exported.predict(folders["check"]), run.predict(folders["check"])
+    assert found.paths == expected.paths and found.class_names == expected.class_names
+    assert np.mean(found.indices == expected.indices) == pytest.approx(report.agreement)
+    assert np.abs(found.probabilities - expected.probabilities).max() <= report.max_abs_diff + 1e-6
+    _, pixels = _check_pixels(folders["check"])
+    np.testing.assert_allclose(exported.predict(pixels, batch_size=5).probabilities, found.probabilities, atol=1e-6)
+
+    # on images none of them was checked on
+    new = _new_images(tmp_path / "new")
+    found, expected = exported.predict(new), run.predict(new)
+    assert found.paths == expected.paths and len(found.paths) == 6
+    difference = np.abs(found.probabilities - expected.probabilities).max()
+    if report.quantize == "int8":  # about what its report says: 17 of 18 agree, probabilities within ~0.03
+        assert np.mean(found.indices == expected.indices) >= 5 / 6 and difference < 0.1
+    else:
+        assert (found.indices == expected.indices).all() and difference < 1e-5
+
+
+def test_an_export_needs_the_labels_and_image_settings_written_with_it(folders, tflite_exports, tmp_path):
+    out, _ = tflite_exports["none"]
+    assert export_format(out) == "tflite" and export_format(folders["run"]) is None
+    with pytest.raises(tk.DataError, match=r"is not an export.*It is a run folder: use FineTuner.load"):
+        load_exported(folders["run"])
+    with pytest.raises(tk.DataError, match="does not exist"):
+        load_exported(tmp_path / "missing.onnx")
+    with pytest.raises(tk.ConfigError, match=r"exported from a run with resize='pad'.*Received: resize='crop'"):
+        load_exported(out, resize="crop")
+
+    alone = tmp_path / "alone.tflite"  # copied without its report and labels.txt
+    alone.write_bytes(out.read_bytes())
+    with pytest.raises(tk.DataError, match=r"does not record how images are fitted.*Pass resize= and background="):
+        load_exported(alone)
+    settings = {"resize": "pad", "background": (255, 255, 255)}
+    with pytest.raises(tk.DataError, match="There is no labels.txt beside"):
+        load_exported(alone, **settings)
+    (tmp_path / "labels.txt").write_text("cat\ndog\n")
+    with pytest.raises(tk.DataError, match="name 2 classes, but it gives 3 outputs"):
+        load_exported(alone, **settings)
+    (tmp_path / "labels.txt").write_text((out.parent / "labels.txt").read_text())
+    assert load_exported(alone, **settings).predict(folders["check"]).labels == \
+        load_exported(out).predict(folders["check"]).labels
+
+
 def test_option_errors_name_the_option(folders, tmp_path):
     run = folders["run"]
     with pytest.raises(tk.ConfigError, match=r"Expected format to be one of 'saved_model', 'tflite'.*tflite"):
@@ -300,6 +480,10 @@ def test_option_errors_name_the_option(folders, tmp_path):
                    calibration_images=0)
     with pytest.raises(tk.ConfigError, match=r"a file ending in \.tflite"):
         export_run(run, tmp_path / "model", format="tflite")
+    with pytest.raises(tk.ConfigError, match=r"a file ending in \.onnx for format='onnx'"):
+        export_run(run, tmp_path / "model.tflite", format="onnx")
+    with pytest.raises(tk.ConfigError, match="quantize applies to format='tflite' only; an ONNX file"):
+        export_run(run, tmp_path / "m.onnx", format="onnx", quantize="dynamic")
     with pytest.raises(tk.ConfigError, match="holds something other than a SavedModel"):
         export_run(run, run)  # would replace the run folder itself
     with pytest.raises(tk.DataError, match="is not a saved FineTuner"):

@@ -5,7 +5,7 @@ Everything a user needs is importable from here; the implementation modules are 
 :mod:`transferkit.backbones` (writing your own backbone specs), :mod:`transferkit.data`
 (decoding and pipelines), :mod:`transferkit.hub` (TensorFlow Hub modules),
 :mod:`transferkit.report` (plots), :mod:`transferkit.imagenet` (ImageNet predictions) and
-:mod:`transferkit.export` (verified SavedModel and TFLite exports).
+:mod:`transferkit.export` (verified SavedModel, TFLite and ONNX exports).
 
 Example:
     >>> import transferkit as tk

@@ -6,8 +6,8 @@
     transferkit lr-find DATA_DIR --backbone NAME --weights W [--phase head|fine-tune] [--out DIR]
     transferkit tune DATA_DIR --backbone NAME --weights W [--max-trials 20] [--tuner random|bayesian|hyperband]
     transferkit evaluate RUN_DIR DATA_DIR [--tta N [--no-flip]] [--json]
-    transferkit predict RUN_DIR IMAGE_OR_DIR [--top-k 3] [--tta N [--no-flip]] [--json]
-    transferkit export RUN_DIR --out PATH [--format saved_model|tflite] [--quantize none|float16|dynamic|int8]
+    transferkit predict RUN_DIR|EXPORT IMAGE_OR_DIR [--top-k 3] [--tta N [--no-flip]] [--json]
+    transferkit export RUN_DIR --out PATH [--format saved_model|tflite|onnx] [--quantize none|float16|dynamic|int8]
                        [--check DIR] [--calibration DIR] [--json]
 
 Every mistake a user can make prints one line starting with ``error:`` and exits with status 2.
@@ -360,9 +360,16 @@ def _tta(args: argparse.Namespace) -> dict[str, Any]:
 def _cmd_predict(args: argparse.Namespace) -> int:
     import transferkit as tk
     from transferkit.data._images import printable
+    from transferkit.export import export_format, load_exported
 
-    tuner = tk.FineTuner.load(args.run_dir)
-    predictions = tuner.predict(args.images, **_tta(args))
+    if export_format(args.run_dir) is not None:  # a SavedModel folder, a .tflite or .onnx file
+        if args.tta:
+            raise _UsageError(f"--tta {args.tta}: test-time augmentation needs the run folder; an exported "
+                              "model predicts on the plain images. Drop --tta, or give the run folder.")
+        predictions = load_exported(args.run_dir).predict(args.images)
+    else:
+        tuner = tk.FineTuner.load(args.run_dir)
+        predictions = tuner.predict(args.images, **_tta(args))
     paths = predictions.paths or ()
     tops = predictions.top(args.top_k)
     if args.json:
@@ -485,17 +492,18 @@ def _build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("predict", help="top classes of an image or a folder of images")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir",
+                   help="a run folder, or an export of one: a SavedModel folder, a .tflite or an .onnx file")
     p.add_argument("images")
     p.add_argument("--top-k", type=int, default=TOP_K)
     _tta_options(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("export", help="write a saved run as a SavedModel or TFLite file, verified against the run")
+    p = sub.add_parser("export", help="write a saved run as a SavedModel, TFLite or ONNX file, verified against it")
     p.add_argument("run_dir")
     p.add_argument("--out", required=True,
-                   help="the SavedModel folder to write (for TF Serving: MODELS/NAME/1) or a .tflite file")
+                   help="the SavedModel folder to write (for TF Serving: MODELS/NAME/1), a .tflite or an .onnx file")
     p.add_argument("--format", default="saved_model", choices=EXPORT_FORMATS)
     p.add_argument("--quantize", default="none", choices=QUANTIZATIONS,
                    help="TFLite weights: none (float32), float16, dynamic (int8 weights), int8 (uint8 in and out; "

@@ -1,14 +1,18 @@
 """Export a saved run for serving or for devices, and prove that the export computes what the run does.
 
-:func:`export_run` writes a TensorFlow SavedModel (for TF Serving) or a TFLite / LiteRT file (for
-phones and small devices), then runs the written file in its own runtime on check images and
-compares it with the Keras model: top-1 agreement, the largest probability difference, the
-accuracy of each when the images have labels, the file size and the latency at batch 1. The
-figures go to ``export_report.json`` (inside a SavedModel folder; ``<stem>.export_report.json``
-beside a ``.tflite`` file). A float export (SavedModel, TFLite ``"none"`` or ``"float16"``) that
-disagrees with the Keras model beyond :data:`AGREEMENT_TOLERANCE` / :data:`FLOAT32_TOLERANCE` is
-refused and nothing is written: every file goes through a temporary name and is renamed only
-after the check passed.
+:func:`export_run` writes a TensorFlow SavedModel (for TF Serving), a TFLite / LiteRT file (for
+phones and small devices) or an ONNX file (for ONNX Runtime), then runs the written file in its
+own runtime on check images and compares it with the Keras model: top-1 agreement, the largest
+probability difference, the accuracy of each when the images have labels, the file size and the
+latency at batch 1. The figures go to ``export_report.json`` (inside a SavedModel folder;
+``<stem>.export_report.json`` beside a ``.tflite`` file, ``<stem>.onnx.export_report.json``
+beside an ``.onnx`` file: :func:`report_path`). A float export
+(SavedModel, ONNX, TFLite ``"none"`` or ``"float16"``) that disagrees with the Keras model beyond
+:data:`AGREEMENT_TOLERANCE` / :data:`FLOAT32_TOLERANCE` is refused and nothing is written: every
+file goes through a temporary name and is renamed only after the check passed.
+
+:func:`load_exported` loads such a file back in its own runtime, with its class names and the
+run's image settings, and predicts on image files as :meth:`FineTuner.predict` does.
 
 The exported graphs run the model in inference mode (``training=False``), whatever layers it
 holds. Inputs are raw RGB pixels, 0–255, at the run's image size: the backbone's preprocessing is
@@ -16,16 +20,18 @@ inside the model. A SavedModel also takes encoded image files (``serving_bytes``
 fitted to the input in the graph by :func:`decode_image_bytes`. See ``docs/export.md``.
 
 Example:
-    >>> from transferkit.export import export_run
+    >>> from transferkit.export import export_run, load_exported
     >>> report = export_run("runs/flowers", "deploy/flowers_int8.tflite", format="tflite",
     ...                     quantize="int8", check="photos/test")
     >>> print(report.describe())
+    >>> load_exported("deploy/flowers_int8.tflite").predict("photos/new").labels
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import json
 import logging
 import statistics
@@ -33,26 +39,28 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import tensorflow as tf
 
 from transferkit._atomic import atomic_path, atomic_paths
-from transferkit._errors import ConfigError, DataError, check_choice
+from transferkit._errors import ConfigError, DataError, MissingDependencyError, check_choice
 from transferkit._finetuner import FineTuner
-from transferkit._types import Color, PathLike
+from transferkit._inference import prediction_input
+from transferkit._metrics import Predictions
+from transferkit._types import Color, Images, PathLike
 from transferkit.data._images import RESIZE_MODES, WHITE, printable
 from transferkit.data._pipelines import PipelineSettings, file_pipeline
 from transferkit.data._sources import ImageFiles, scan_folder
 
 log = logging.getLogger("transferkit")
 
-FORMATS = ("saved_model", "tflite")
-"""What :func:`export_run` writes: a TensorFlow SavedModel folder, or a TFLite (LiteRT) file."""
+FORMATS = ("saved_model", "tflite", "onnx")
+"""What :func:`export_run` writes: a TensorFlow SavedModel folder, a TFLite (LiteRT) file or an ONNX file."""
 
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 """TFLite weight and activation types: float32, float16 weights, int8 weights (dynamic range),
@@ -72,6 +80,8 @@ LATENCY_RUNS = 20
 
 REPORT_FILE = "export_report.json"
 LABELS_FILE = "labels.txt"
+_SUFFIXES = {"tflite": ".tflite", "onnx": ".onnx"}  # the single-file formats
+_ONNX_INSTALL = 'pip install "transferkit[onnx]"'
 
 _BATCH = 32  # images per forward pass when comparing outputs
 _SEED = 0  # the random check images and the calibration sample are the same on every run
@@ -82,9 +92,9 @@ class ExportReport:
     """What :func:`export_run` wrote and how closely the written file matches the Keras model.
 
     Attributes:
-        path: The export: a SavedModel folder or a ``.tflite`` file.
-        format: ``"saved_model"`` or ``"tflite"``.
-        quantize: ``"none"``, ``"float16"``, ``"dynamic"`` or ``"int8"``.
+        path: The export: a SavedModel folder, a ``.tflite`` or an ``.onnx`` file.
+        format: ``"saved_model"``, ``"tflite"`` or ``"onnx"``.
+        quantize: ``"none"``, ``"float16"``, ``"dynamic"`` or ``"int8"`` (TFLite); ``"none"`` otherwise.
         size_bytes: Size of the export on disk (a SavedModel: every file in its folder, without
             ``labels.txt`` and the report).
         checked_on: The check folder, or ``"random pixels"`` when none was given.
@@ -97,11 +107,13 @@ class ExportReport:
         latency_ms: Median milliseconds per forward pass of the export at batch 1, in this process,
             on this machine (:data:`LATENCY_RUNS` runs).
         keras_latency_ms: The same for the Keras model (a compiled ``tf.function`` call).
-        runtime: What ran the export (``tf.saved_model.load``, ``ai_edge_litert …``).
+        runtime: What ran the export (``tf.saved_model.load``, ``ai_edge_litert …``, ``onnxruntime …``).
         input: Name, dtype and shape of the input; for int8 also its quantization ``scale`` and
             ``zero_point`` (1 and 0: raw pixels, one to one).
         output: Name, dtype and shape of the output; for int8 its ``scale`` and ``zero_point``
             (probability = scale × (value − zero_point)).
+        image_settings: How images must be fitted to the input, as the run's training images were:
+            ``image_size``, ``resize`` and ``background`` (what :func:`load_exported` reads).
         bytes_signature: For a SavedModel, how ``serving_bytes`` on the image files compares with
             the Keras model on the same files read by transferkit's loader (``images``,
             ``agreement``, ``max_abs_diff``); ``None`` otherwise.
@@ -125,6 +137,7 @@ class ExportReport:
     runtime: str
     input: dict[str, Any]
     output: dict[str, Any]
+    image_settings: dict[str, Any]
     bytes_signature: dict[str, Any] | None
     calibration: dict[str, Any] | None
     enforced: bool
@@ -139,7 +152,7 @@ class ExportReport:
 
     def describe(self) -> str:
         """One line: what was written, how big, how closely it agrees, how fast."""
-        kind = "SavedModel" if self.format == "saved_model" else f"TFLite ({self.quantize})"
+        kind = _kind(self.format, self.quantize)
         where = "random-pixel images" if self.checked_on == "random pixels" else f"images from {self.checked_on}"
         agrees = (f"top-1 agreement {self.agreement:.1%}" if self.agreement is not None else "outputs compared")
         accuracy = (f", accuracy {self.accuracy:.3f} vs Keras {self.keras_accuracy:.3f}"
@@ -165,13 +178,18 @@ def export_run(
         run_dir: A folder written by :meth:`FineTuner.save` (or ``transferkit train``).
         out: The export to write. ``format="saved_model"``: a folder (created; an existing
             SavedModel there is replaced, any other folder is refused). ``format="tflite"``: a
-            file ending in ``.tflite``. ``labels.txt`` (one class name a line, in output order)
-            and the report are written beside a ``.tflite`` file (``<stem>.export_report.json``)
-            or inside a SavedModel folder (``export_report.json``; ``labels.txt`` also as the
-            asset ``assets/labels.txt``).
+            file ending in ``.tflite``; ``format="onnx"``: a file ending in ``.onnx``.
+            ``labels.txt`` (one class name a line, in output order) and the report are written
+            beside a file (``<stem>.export_report.json``; ``<stem>.onnx.export_report.json`` for
+            ONNX) or inside a SavedModel folder (``export_report.json``; ``labels.txt`` also as the
+            asset ``assets/labels.txt``). :func:`report_path` gives the report's path.
         format: ``"saved_model"`` (signatures ``serving_default``: float32 pixels
             ``[batch, size, size, 3]``; ``serving_bytes``: encoded JPEG/PNG/… bytes ``[batch]``;
-            both return ``{"probabilities": …}``) or ``"tflite"`` (built-in ops only).
+            both return ``{"probabilities": …}``), ``"tflite"`` (built-in ops only) or
+            ``"onnx"`` (converted by Keras' ``model.export(format="onnx")``, i.e. tf2onnx, and
+            run with ONNX Runtime; input ``images``, output ``probabilities``; the class names
+            and image settings are also in the file's metadata; needs ``pip install
+            "transferkit[onnx]"``).
         quantize: TFLite only. ``"none"`` (float32), ``"float16"`` (half-size weights),
             ``"dynamic"`` (int8 weights, float activations) or ``"int8"`` (int8 weights and
             activations; uint8 raw-pixel input and uint8 probabilities out; needs calibration images).
@@ -188,9 +206,11 @@ def export_run(
         The :class:`ExportReport`, also written as JSON.
 
     Raises:
-        ConfigError: an unknown format or quantization, ``quantize`` with a SavedModel, int8
-            without calibration images, an ``out`` that cannot be written, a model TFLite cannot
-            convert with built-in ops.
+        ConfigError: an unknown format or quantization, ``quantize`` with a SavedModel or ONNX,
+            int8 without calibration images, an ``out`` that cannot be written, a model TFLite
+            cannot convert with built-in ops, or one that tf2onnx cannot convert into a graph
+            ONNX Runtime runs.
+        MissingDependencyError: ``format="onnx"`` without tf2onnx, onnx or onnxruntime.
         DataError: ``run_dir`` is not a saved run; the check folder's classes differ from the
             model's; a float export disagrees with the Keras model beyond the tolerances (nothing
             is written).
@@ -202,9 +222,11 @@ def export_run(
     """
     check_choice("format", format, FORMATS)
     check_choice("quantize", quantize, QUANTIZATIONS)
-    if format == "saved_model" and quantize != "none":
-        raise ConfigError(f"quantize applies to format='tflite' only; a SavedModel keeps float32 weights. "
-                          f"Received: format={format!r}, quantize={quantize!r}. Use format='tflite' or drop quantize.")
+    if format != "tflite" and quantize != "none":
+        kept = "a SavedModel" if format == "saved_model" else "an ONNX file"
+        raise ConfigError(f"quantize applies to format='tflite' only; {kept} keeps float32 "
+                          f"weights. Received: format={format!r}, quantize={quantize!r}. Use format='tflite' or "
+                          "drop quantize.")
     if not isinstance(calibration_images, int) or isinstance(calibration_images, bool) or calibration_images < 1:
         raise ConfigError(f"Expected calibration_images to be a positive integer. "
                           f"Received: calibration_images={calibration_images!r}.")
@@ -218,6 +240,8 @@ def export_run(
                           "images like the training data), or use quantize='dynamic', which needs none.")
     target = Path(out)
     _check_target(target, format)
+    if format == "onnx":
+        _onnx_modules("Exporting to ONNX", "tf2onnx", "onnx", "onnxruntime")
 
     tuner = _load(run_dir)
     settings = tuner._image_settings()
@@ -228,6 +252,8 @@ def export_run(
     with _created_parents(target):
         if format == "saved_model":
             return _export_saved_model(tuner, target, checks, settings)
+        if format == "onnx":
+            return _export_onnx(tuner, target, checks, settings)
         return _export_tflite(tuner, target, quantize, checks, calibration_set)
 
 
@@ -623,6 +649,180 @@ def tflite_report_path(path: PathLike) -> Path:
     return path.with_name(f"{path.stem}.{REPORT_FILE}")
 
 
+def report_path(path: PathLike) -> Path:
+    """Where :func:`export_run` writes the report of the export ``path``: ``export_report.json``
+    inside a SavedModel folder, ``<stem>.export_report.json`` beside a ``.tflite`` file and
+    ``<stem>.onnx.export_report.json`` beside an ``.onnx`` file (so that ``model.tflite`` and
+    ``model.onnx`` can share a folder)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == _SUFFIXES["onnx"]:
+        return path.with_name(f"{path.stem}.onnx.{REPORT_FILE}")
+    return tflite_report_path(path) if suffix == _SUFFIXES["tflite"] else path / REPORT_FILE
+
+
+# ---------------------------------------------------------------------------------------------- ONNX
+
+ONNX_METADATA = ("labels", "image_size", "resize", "background")
+"""Keys :func:`export_run` writes into an ONNX file's ``metadata_props``: the class names (one a
+line, as ``labels.txt``), the input side in pixels, the resize mode and the background as JSON
+``[r, g, b]``. ONNX Runtime shows them as ``session.get_modelmeta().custom_metadata_map``."""
+
+
+def _onnx_modules(purpose: str, *names: str) -> list[Any]:
+    """Import the ONNX packages ``names``, or raise one line that says how to install them."""
+    found, missing = [], []
+    for name in names:
+        try:
+            found.append(importlib.import_module(name))
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise MissingDependencyError(f"{purpose} needs {' and '.join(missing)}, which "
+                                     f"{'is' if len(missing) == 1 else 'are'} not installed. Fix: {_ONNX_INSTALL}")
+    return found
+
+
+@contextlib.contextmanager
+def _quiet_onnx_conversion() -> Iterator[None]:
+    """tf2onnx logs each step of a conversion, and each op it cannot convert (which the export then
+    refuses, naming them); Keras' patch of it for NumPy 2 warns about ``np.object``."""
+    logger = logging.getLogger("tf2onnx")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings(), _quiet_tensorflow():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _convert_onnx(tuner: FineTuner, settings: PipelineSettings) -> tuple[bytes, int]:
+    """The run's model as ONNX bytes, and their opset: Keras' ``model.export(format="onnx")`` of an
+    inference-mode wrapper, with the input named ``images``, the output ``probabilities``, the batch
+    axis ``batch`` and the labels and image settings in the metadata."""
+    import keras
+    import onnx
+
+    size = settings.image_size
+    model = tuner._require_model()
+    # model.export calls the model without training=False (keras#19108): random layers would stay
+    # in the graph, and ONNX Runtime refuses their ops. The wrapper fixes inference mode.
+    pixels = keras.Input((size, size, 3), name="images")
+    inference = keras.Model(pixels, model(pixels, training=False), name="transferkit_export")
+    signature = [tf.TensorSpec([None, size, size, 3], tf.float32, name="images")]
+    with tempfile.TemporaryDirectory() as scratch, _quiet_onnx_conversion():
+        converted = Path(scratch) / "model.onnx"
+        try:
+            inference.export(str(converted), format="onnx", input_signature=signature, verbose=False)
+        except Exception as error:  # tf2onnx raises many types; each means "cannot convert this model"
+            raise ConfigError(f"tf2onnx cannot convert this model to ONNX: {_first_line(error)}.") from error
+        proto = onnx.load(str(converted))
+    graph = proto.graph
+    extra = [value.name for value in graph.input if value.name != "images"]
+    if extra:
+        # keras.layers.Normalization (EfficientNet's first layer) keeps its mean and variance as
+        # constant tensors, which tf2onnx turns into graph inputs instead of weights
+        raise ConfigError(f"tf2onnx converted this model into a graph that needs inputs besides the images: "
+                          f"{', '.join(extra[:3])}{' …' if len(extra) > 3 else ''}: constants it did not freeze "
+                          "(keras.layers.Normalization, the first layer of EfficientNet and ConvNeXt, does this). "
+                          "Export it as format='saved_model' or 'tflite' instead.")
+    unknown = sorted({node.op_type for node in graph.node if not onnx.defs.has(node.op_type, node.domain)})
+    if unknown:
+        why = (" (TensorFlow's GELU computes Erfc, which tf2onnx cannot convert: onnx/tensorflow-onnx#2347)"
+               if "Erfc" in unknown else "")
+        raise ConfigError(f"tf2onnx left TensorFlow operations it cannot convert in the ONNX graph: "
+                          f"{', '.join(unknown)}{why}. Export it as format='saved_model' or 'tflite' instead.")
+    _rename(graph, graph.output[0].name, "probabilities")
+    for value in (graph.input[0], graph.output[0]):
+        value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    onnx.helper.set_model_props(proto, _onnx_metadata(tuner, settings))
+    proto.doc_string = "transferkit export: raw RGB pixels 0-255 in (images), probabilities out"
+    onnx.checker.check_model(proto)
+    opset = max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    return proto.SerializeToString(), int(opset)
+
+
+def _rename(graph: Any, old: str, new: str) -> None:
+    """Rename the tensor ``old`` of an ONNX graph wherever it is produced, used or declared."""
+    for node in graph.node:
+        node.output[:] = [new if name == old else name for name in node.output]
+        node.input[:] = [new if name == old else name for name in node.input]
+    for value in (*graph.output, *graph.value_info):
+        if value.name == old:
+            value.name = new
+
+
+def _onnx_metadata(tuner: FineTuner, settings: PipelineSettings) -> dict[str, str]:
+    image = _image_settings(settings)
+    values = (_labels_text(tuner), str(image["image_size"]), image["resize"], json.dumps(image["background"]))
+    return dict(zip(ONNX_METADATA, values))
+
+
+class _OnnxRunner:
+    """An ONNX model in ONNX Runtime (CPU): raw float pixels in, probabilities out."""
+
+    def __init__(self, model: bytes | Path) -> None:
+        (onnxruntime,) = _onnx_modules("Running an ONNX file", "onnxruntime")
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3  # errors only: it warns about unused initializers, …
+        source = model if isinstance(model, bytes) else str(model)
+        try:
+            self.session = onnxruntime.InferenceSession(source, sess_options=options,
+                                                        providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime's own exception types: a graph it cannot run
+            raise ConfigError(f"ONNX Runtime cannot load this ONNX model: {_first_line(error)}.") from error
+        self.input, self.output = self.session.get_inputs()[0], self.session.get_outputs()[0]
+        self.runtime = f"onnxruntime {onnxruntime.__version__} (CPUExecutionProvider)"
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        given = {self.input.name: np.asarray(images, dtype=np.float32)}
+        return np.asarray(self.session.run([self.output.name], given)[0], dtype=np.float32)
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def details(self, key: str) -> dict[str, Any]:
+        info = self.input if key == "input" else self.output
+        return {"name": info.name, "dtype": "float32" if info.type == "tensor(float)" else info.type,
+                "shape": [d if isinstance(d, int) else None for d in info.shape]}
+
+
+def _export_onnx(tuner: FineTuner, target: Path, checks: _Checks, settings: PipelineSettings) -> ExportReport:
+    model, opset = _convert_onnx(tuner, settings)
+    labels, report_file = target.parent / LABELS_FILE, report_path(target)
+    with atomic_paths(target, labels, report_file) as (model_tmp, labels_tmp, report_tmp):
+        model_tmp.write_bytes(model)
+        runner = _OnnxRunner(model_tmp)
+        keras_outputs, outputs = _compare(checks, _keras_call(tuner), runner)
+        io = {"input": {**runner.details("input"), "opset": opset}, "output": runner.details("output")}
+        report = _report(tuner, target, "onnx", "none", len(model), checks, outputs, keras_outputs,
+                         latency_ms=_latency(runner, checks.first),
+                         runtime=f"{runner.runtime}; converted by Keras {_version('keras')} model.export with "
+                                 f"tf2onnx {_version('tf2onnx')}",
+                         io=io, bytes_signature=None, calibration=None, files=(target, labels, report_file))
+        del runner  # let go of the file before it is renamed (Windows cannot rename an open file)
+        _enforce(report, outputs)
+        labels_tmp.write_text(_labels_text(tuner), encoding="utf-8")
+        report_tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    log.info("%s", report.describe())
+    return report
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "(version unknown)"
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 # ---------------------------------------------------------------------------------------------- check images
 
 
@@ -820,7 +1020,17 @@ def _keras_latency(tuner: FineTuner, image: np.ndarray) -> float:
 
 
 def _is_float32(format: str, quantize: str) -> bool:
-    return format == "saved_model" or quantize == "none"
+    return format != "tflite" or quantize == "none"
+
+
+def _kind(format: str, quantize: str) -> str:
+    """How reports and errors name an export: ``SavedModel``, ``ONNX``, ``TFLite (int8)`` …"""
+    return {"saved_model": "SavedModel", "onnx": "ONNX"}.get(format, f"TFLite ({quantize})")
+
+
+def _image_settings(settings: PipelineSettings) -> dict[str, Any]:
+    return {"image_size": settings.image_size, "resize": settings.resize,
+            "background": [int(c) for c in settings.background]}
 
 
 def _report(tuner: FineTuner, target: Path, format: str, quantize: str, size: int, checks: _Checks,
@@ -833,14 +1043,15 @@ def _report(tuner: FineTuner, target: Path, format: str, quantize: str, size: in
         max_abs_diff=_max_diff(outputs, keras_outputs), accuracy=_accuracy(tuner, outputs, checks.labels),
         keras_accuracy=_accuracy(tuner, keras_outputs, checks.labels), latency_ms=latency_ms,
         keras_latency_ms=_keras_latency(tuner, checks.first), runtime=runtime, input=io["input"],
-        output=io["output"], bytes_signature=bytes_signature, calibration=calibration,
-        enforced=format == "saved_model" or quantize in ("none", "float16"), files=tuple(str(f) for f in files),
+        output=io["output"], image_settings=_image_settings(tuner._image_settings()),
+        bytes_signature=bytes_signature, calibration=calibration,
+        enforced=format != "tflite" or quantize in ("none", "float16"), files=tuple(str(f) for f in files),
     )
 
 
 def _enforce(report: ExportReport, outputs: np.ndarray) -> None:
     """Refuse an export whose outputs are not finite, or a float export that disagrees with Keras."""
-    kind = "SavedModel" if report.format == "saved_model" else f"TFLite ({report.quantize})"
+    kind = _kind(report.format, report.quantize)
     where = (f"{report.images} random-pixel images" if report.checked_on == "random pixels"
              else f"{report.images} images from {report.checked_on!r}")
     problems, hint = [], ""
@@ -862,16 +1073,216 @@ def _enforce(report: ExportReport, outputs: np.ndarray) -> None:
                         f"(TensorFlow {tf.__version__}).")
 
 
+# ---------------------------------------------------------------------------------------------- loading
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    """An export loaded in its own runtime, predicting on image files as the run itself does.
+
+    Made by :func:`load_exported`. Files are read by transferkit's loader with the run's image
+    settings (the same pixels :meth:`FineTuner.predict` feeds the Keras model), then run through
+    the export: a SavedModel's ``serving_default`` with ``tf.saved_model.load``, a TFLite file in
+    LiteRT (one image at a time; uint8 pixels for an int8 file), an ONNX file in ONNX Runtime.
+
+    Attributes:
+        path: The export: a SavedModel folder, a ``.tflite`` or an ``.onnx`` file.
+        format: ``"saved_model"``, ``"tflite"`` or ``"onnx"``.
+        class_names: The name of each output, in order (``labels.txt``; an ONNX file's metadata).
+        image_size: Side of the square input, in pixels.
+        resize: How images are fitted to it: ``"pad"``, ``"stretch"`` or ``"crop"``.
+        background: RGB colour of the padding and of transparent pixels.
+        runtime: What runs the export.
+
+    Example:
+        >>> model = load_exported("deploy/flowers.onnx")
+        >>> model.predict("photos/new").top(3)
+    """
+
+    path: str
+    format: str
+    class_names: tuple[str, ...]
+    image_size: int
+    resize: str
+    background: Color
+    runtime: str
+    _run: Callable[[np.ndarray], np.ndarray] = field(repr=False, compare=False)
+
+    def predict(self, images: Images, *, batch_size: int = 32) -> Predictions:
+        """Class probabilities for image files, a folder of images, arrays or a dataset.
+
+        Args:
+            images: What :meth:`FineTuner.predict` takes: a path (file or folder), a list of
+                paths, an array ``(n, h, w, 3)`` or ``(h, w, 3)`` of raw 0–255 pixels, or a
+                ``tf.data.Dataset`` of image batches.
+            batch_size: Images per call of the runtime (a TFLite file runs them one by one).
+        """
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ConfigError(f"Expected batch_size to be a positive integer. Received: batch_size={batch_size!r}.")
+        settings = PipelineSettings(image_size=self.image_size, resize=self.resize, background=self.background)
+        prepared = prediction_input(images, settings=settings)
+        if isinstance(prepared.images, tf.data.Dataset):
+            batches: Iterable[Any] = (x[0] if isinstance(x, tuple) else x for x in prepared.images)
+        else:
+            batches = (prepared.images[i:i + batch_size] for i in range(0, len(prepared.images), batch_size))
+        outputs = [self._run(np.asarray(batch, dtype=np.float32)) for batch in batches]
+        if not outputs:
+            raise DataError("There are no images to predict on.")
+        return Predictions(np.concatenate(outputs), self.class_names, prepared.paths)
+
+
+def export_format(path: PathLike) -> str | None:
+    """The format of the export at ``path`` — ``"saved_model"`` (a folder with ``saved_model.pb``),
+    ``"tflite"`` or ``"onnx"`` (a file with that suffix) — or ``None`` for anything else (a run
+    folder, a missing path, …)."""
+    path = Path(path)
+    if path.is_dir():
+        return "saved_model" if (path / "saved_model.pb").is_file() else None
+    if path.is_file():
+        return next((format for format, suffix in _SUFFIXES.items() if path.suffix.lower() == suffix), None)
+    return None
+
+
+def load_exported(path: PathLike, *, resize: str | None = None, background: Color | None = None) -> ExportedModel:
+    """Load a file written by :func:`export_run` in its own runtime, to predict with it.
+
+    The class names come from ``labels.txt`` (beside a file, inside a SavedModel folder; an ONNX
+    file also carries them in its metadata); the image size from the export's input; the resize
+    mode and background from the ONNX file's metadata, else from the export report
+    (``<stem>.export_report.json`` beside a file, ``export_report.json`` inside a SavedModel).
+    Keep those files with the export.
+
+    Args:
+        path: A SavedModel folder, a ``.tflite`` file or an ``.onnx`` file.
+        resize: Only for an export that does not record its image settings (an export report
+            lost, or written by an older transferkit): the run's ``resize`` (``transferkit.json``).
+        background: Likewise, the run's ``background`` ``(r, g, b)``.
+
+    Raises:
+        DataError: ``path`` is not an export, or its labels or image settings are missing or do
+            not fit it.
+        ConfigError: ``resize`` / ``background`` differ from what the export records.
+        MissingDependencyError: an ONNX file without ``onnxruntime``.
+
+    Example:
+        >>> predictions = load_exported("deploy/flowers_int8.tflite").predict("photos/new")
+        >>> predictions.labels
+    """
+    source = Path(path)
+    format = export_format(source)
+    if format is None:
+        shown = printable(str(source))
+        if not source.exists():
+            raise DataError(f"Export {shown!r} does not exist. Check the path.")
+        hint = (" It is a run folder: use FineTuner.load(path).predict(…)." if (source / "transferkit.json").is_file()
+                else "")
+        raise DataError(f"{shown!r} is not an export: expected a SavedModel folder (with saved_model.pb), a .tflite "
+                        f"or an .onnx file written by transferkit.export.export_run.{hint}")
+    runner: _SavedModelRunner | _TFLiteRunner | _OnnxRunner
+    if format == "saved_model":
+        runner = _SavedModelRunner(source)
+    elif format == "tflite":
+        runner = _TFLiteRunner(source)
+    else:
+        runner = _OnnxRunner(source)
+    embedded = runner.metadata if isinstance(runner, _OnnxRunner) else {}
+    shape_in, shape_out = runner.details("input")["shape"], runner.details("output")["shape"]
+    if len(shape_in) != 4 or shape_in[1] is None or shape_in[1] != shape_in[2] or shape_in[3] != 3:
+        raise DataError(f"{printable(str(source))!r} takes input of shape {shape_in}, not square RGB images "
+                        "[batch, size, size, 3]: it was not written by transferkit.export.export_run.")
+    side = int(shape_in[1])
+    settings = _recorded_settings(source, embedded, side, resize=resize, background=background)
+    names = _exported_labels(source, format, embedded)
+    if shape_out and shape_out[-1] is not None and len(names) != shape_out[-1]:
+        raise DataError(f"The labels of {printable(str(source))!r} name {len(names)} classes, but it gives "
+                        f"{shape_out[-1]} outputs: labels.txt belongs to another export (several runs exported "
+                        "into one folder share one labels.txt). Export each run into a folder of its own.")
+    return ExportedModel(path=str(source), format=format, class_names=names, image_size=side,
+                         resize=settings.resize, background=settings.background, runtime=runner.runtime,
+                         _run=runner)
+
+
+class _SavedModelRunner:
+    """A SavedModel's ``serving_default`` signature on float pixel batches."""
+
+    def __init__(self, path: Path) -> None:
+        self.loaded = tf.saved_model.load(str(path))  # held: the signature reads its variables
+        function = self.loaded.signatures.get("serving_default")
+        inputs = function.structured_input_signature[1] if function is not None else {}
+        if function is None or len(inputs) != 1:
+            raise DataError(f"{printable(str(path))!r} has no serving_default signature with one input: it was not "
+                            "written by transferkit.export.export_run.")
+        (self.input_name, self.input_spec), = inputs.items()
+        outputs = function.structured_outputs
+        self.output_name = "probabilities" if "probabilities" in outputs else next(iter(outputs))
+        self.output_spec = outputs[self.output_name]
+        self.function = function
+        self.runtime = f"tf.saved_model.load (TensorFlow {tf.__version__})"
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        found = self.function(**{self.input_name: tf.constant(images, dtype=tf.float32)})[self.output_name]
+        return np.asarray(found, dtype=np.float32)
+
+    def details(self, key: str) -> dict[str, Any]:
+        spec = self.input_spec if key == "input" else self.output_spec
+        return {"name": self.input_name if key == "input" else self.output_name, "dtype": spec.dtype.name,
+                "shape": list(spec.shape.as_list())}
+
+
+def _recorded_settings(source: Path, embedded: dict[str, str], side: int, *, resize: str | None,
+                       background: Color | None) -> PipelineSettings:
+    """The export's resize mode and background: from its ONNX metadata or its report, else the arguments."""
+    recorded: dict[str, Any] | None = None
+    if "resize" in embedded and "background" in embedded:
+        recorded = {"image_size": int(embedded.get("image_size", side)), "resize": embedded["resize"],
+                    "background": json.loads(embedded["background"])}
+    else:
+        report = report_path(source)
+        if report.is_file():
+            recorded = json.loads(report.read_text(encoding="utf-8")).get("image_settings")
+    shown = printable(str(source))
+    if recorded is None:
+        if resize is None or background is None:
+            raise DataError(f"{shown!r} does not record how images are fitted to its input (no image_settings in "
+                            f"{printable(str(report_path(source)))!r}). Pass resize= and background= as the run "
+                            "used them (its transferkit.json), or export the run again.")
+        return PipelineSettings(image_size=side, resize=resize, background=background)
+    found = PipelineSettings(image_size=int(recorded["image_size"]), resize=str(recorded["resize"]),
+                             background=cast(Color, tuple(recorded["background"])))
+    if found.image_size != side:
+        raise DataError(f"{shown!r} takes {side} px images, but its export report says {found.image_size}: the "
+                        "report belongs to another export. Export the run again.")
+    for name, given, kept in (("resize", resize, found.resize), ("background", background, found.background)):
+        if given is not None and (tuple(given) if name == "background" else given) != kept:
+            raise ConfigError(f"{shown!r} was exported from a run with {name}={kept!r}, and its images must be "
+                              f"fitted the same way. Received: {name}={given!r}. Drop {name}.")
+    return found
+
+
+def _exported_labels(source: Path, format: str, embedded: dict[str, str]) -> tuple[str, ...]:
+    if "labels" in embedded:
+        return tuple(embedded["labels"].splitlines())
+    places = ([source / LABELS_FILE, source / "assets" / LABELS_FILE] if format == "saved_model"
+              else [source.parent / LABELS_FILE])
+    for place in places:
+        if place.is_file():
+            return tuple(line for line in place.read_text(encoding="utf-8").splitlines() if line)
+    raise DataError(f"There is no {LABELS_FILE} {'in' if format == 'saved_model' else 'beside'} "
+                    f"{printable(str(source))!r}: the class names are in the labels.txt that export_run wrote "
+                    "with it. Copy it back, or export the run again.")
+
+
 # ---------------------------------------------------------------------------------------------- files
 
 
 def _check_target(target: Path, format: str) -> None:
-    if format == "tflite":
-        if target.suffix.lower() != ".tflite":
-            raise ConfigError(f"Expected out to be a file ending in .tflite for format='tflite'. "
-                              f"Received: out={str(target)!r}. For example: out='deploy/model.tflite'.")
+    if format in _SUFFIXES:
+        suffix = _SUFFIXES[format]
+        if target.suffix.lower() != suffix:
+            raise ConfigError(f"Expected out to be a file ending in {suffix} for format={format!r}. "
+                              f"Received: out={str(target)!r}. For example: out='deploy/model{suffix}'.")
         if target.is_dir():
-            raise ConfigError(f"out={str(target)!r} is a folder; give the path of the .tflite file to write.")
+            raise ConfigError(f"out={str(target)!r} is a folder; give the path of the {suffix} file to write.")
         return
     if target.exists() and not target.is_dir():
         raise ConfigError(f"out={str(target)!r} is a file; a SavedModel is a folder. Choose a folder path.")
@@ -905,10 +1316,15 @@ __all__ = [
     "FLOAT32_TOLERANCE",
     "FORMATS",
     "LATENCY_RUNS",
+    "ONNX_METADATA",
     "QUANTIZATIONS",
     "RANDOM_CHECK_IMAGES",
     "ExportReport",
+    "ExportedModel",
     "decode_image_bytes",
+    "export_format",
     "export_run",
+    "load_exported",
+    "report_path",
     "tflite_report_path",
 ]

@@ -1,0 +1,98 @@
+"""Every export format and quantization of a fine-tuned MobileNet v1, checked on held-back images.
+
+    .venv/bin/python benchmarks/export.py [--datasets stamps5 fashion] [--json out.json]
+
+For each dataset: split off held-back images (stamps5: a third of each class, 224 px; Fashion-MNIST:
+50 training images per class and 30 other test images per class, 96 px), train with the command
+(`transferkit train TRAIN --backbone mobilenet --weights <real weights> --image-size S --out RUN`),
+then `transferkit.export.export_run` for SavedModel, ONNX and TFLite float32, float16, dynamic
+and int8 (calibrated on the training images), each verified on the held-back images in its own
+runtime. Prints a Markdown table: file size, latency per image at batch 1 on this CPU (in-process,
+median of 20), accuracy of the export and of the Keras model on the held-back images, and top-1
+agreement with the Keras model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from common import FASHION_NAMES, MOBILENET_NOTOP, SHARED, print_report, shared_missing, stratified_folds
+from PIL import Image
+
+VARIANTS = (("saved_model", "none"), ("onnx", "none"), ("tflite", "none"), ("tflite", "float16"),
+            ("tflite", "dynamic"), ("tflite", "int8"))
+
+
+def _stamps(root: Path) -> tuple[Path, Path, int]:
+    source = SHARED / "data" / "stamps5"
+    files = sorted(p for p in source.glob("*/*") if p.is_file())
+    labels = np.array([p.parent.name for p in files])
+    held = set(stratified_folds(labels, 3, seed=0)[0].tolist())
+    for i, path in enumerate(files):
+        target = root / ("test" if i in held else "train") / path.parent.name / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target)
+    return root / "train", root / "test", 224
+
+
+def _fashion(root: Path) -> tuple[Path, Path, int]:
+    folder = SHARED / "data" / "fashion-mnist"
+    with gzip.open(folder / "train-images-idx3-ubyte.gz") as f:
+        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
+    with gzip.open(folder / "train-labels-idx1-ubyte.gz") as f:
+        labels = np.frombuffer(f.read(), np.uint8, offset=8)
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(FASHION_NAMES):
+        chosen = rng.choice(np.flatnonzero(labels == c), 80, replace=False)
+        for split, indices in (("train", chosen[:50]), ("test", chosen[50:])):
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in indices:
+                Image.fromarray(images[i], "L").save(root / split / name / f"{i}.png")
+    return root / "train", root / "test", 96
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=["stamps5", "fashion"], choices=["stamps5", "fashion"])
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    if shared_missing():
+        raise SystemExit(2)
+    from transferkit.export import export_run
+
+    rows = []
+    for name in args.datasets:
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            train, test, size = (_stamps if name == "stamps5" else _fashion)(root)
+            run = root / "run"
+            subprocess.run([sys.executable, "-m", "transferkit.cli", "train", str(train), "--backbone", "mobilenet",
+                            "--weights", str(MOBILENET_NOTOP), "--image-size", str(size), "--out", str(run)],
+                           check=True, capture_output=True)
+            for fmt, quantize in VARIANTS:
+                suffix = {"saved_model": "", "onnx": ".onnx", "tflite": ".tflite"}[fmt]
+                out = root / "exports" / f"{fmt}_{quantize}{suffix}"
+                out.parent.mkdir(exist_ok=True)
+                report = export_run(run, out, format=fmt, quantize=quantize, check=test,
+                                    calibration=train if quantize == "int8" else None)
+                rows.append({
+                    "dataset": name, "format": fmt, "quantize": quantize,
+                    "size (MB)": f"{report.size_bytes / 1e6:.2f}",
+                    "ms/image (batch 1)": f"{report.latency_ms:.2f}",
+                    "Keras ms/image": f"{report.keras_latency_ms:.2f}",
+                    "accuracy": f"{report.accuracy:.3f}", "Keras accuracy": f"{report.keras_accuracy:.3f}",
+                    "top-1 agreement": f"{report.agreement:.2%}", "images": report.images,
+                })
+                print(report.describe(), flush=True)
+    print_report(rows, list(rows[0]), args.json, rows)
+
+
+if __name__ == "__main__":
+    main()

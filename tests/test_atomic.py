@@ -17,6 +17,7 @@ import transferkit
 from transferkit import FeatureCache
 from transferkit._atomic import LOCK_FILE, RunLock, atomic_path, atomic_paths, write_bytes_atomic, write_text_atomic
 from transferkit._errors import RunInUseError, TransferkitError
+from transferkit._model import build_model
 from transferkit._saving import MODEL_FILE, RunMetadata, load_run, save_run
 from transferkit._tuning import SearchResult
 from transferkit.report import plot_history
@@ -96,9 +97,9 @@ def test_files_written_together_are_renamed_only_when_all_are_complete(tmp_path)
 
 
 def _model(seed: int) -> keras.Model:
-    inputs = keras.Input((3,))
-    dense = keras.layers.Dense(2, kernel_initializer=keras.initializers.RandomNormal(seed=seed))
-    return keras.Model(inputs, dense(inputs))
+    """A small transferkit model (save_run writes those) whose first weights depend on ``seed``."""
+    keras.utils.set_random_seed(seed)
+    return build_model("tiny_cnn", num_outputs=2, weights=None, image_size=8)
 
 
 def _meta(*classes: str) -> RunMetadata:

@@ -892,7 +892,12 @@ class FineTuner:
     # ------------------------------------------------------------------ persistence
 
     def save(self, directory: PathLike) -> Path:
-        """Write ``model.keras`` and ``transferkit.json`` (classes, settings, history) to ``directory``."""
+        """Write ``model.keras`` and ``transferkit.json`` (classes, settings, history) to ``directory``.
+
+        ``model.keras`` also loads without transferkit, with ``keras.saving.load_model`` alone (its
+        preprocessing is written with built-in Keras layers; not for a TensorFlow Hub backbone, whose
+        module needs transferkit's ``HubLayer``). It holds no optimizer: training further starts a new phase.
+        """
         model = self._require_model()
         meta = RunMetadata(
             format=FORMAT if model_parts(model).head is not None else 1,  # a loaded format-1 model keeps its layout

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import keras
 
@@ -51,6 +52,23 @@ def model_parts(model: keras.Model) -> ModelParts:
         )
     head = model.get_layer(HEAD) if HEAD in names else None
     return ModelParts(model.get_layer(PREPROCESSOR), model.get_layer(BACKBONE), head)
+
+
+def with_preprocessor(model: keras.Model, preprocessor: keras.layers.Layer) -> keras.Model:
+    """``model`` with ``preprocessor`` in place of its own, every other layer shared (same weights, same
+    trainable flags), and no compile state: what ``save_run`` writes and ``load_run`` maps back."""
+    # a fresh view of the same graph is not compiled, and clone_model copies a compile state (with an
+    # optimizer that is not built: loading that warns about skipped optimizer variables)
+    view = keras.Model(model.inputs, model.outputs, name=model.name)
+
+    def call(layer: keras.layers.Layer, *args: Any, **kwargs: Any) -> Any:
+        # the preprocessor takes the image alone: keyword arguments recorded for the one it replaces
+        # (``mask=None`` for a nested model) need not fit its signature
+        return layer(*args) if layer is preprocessor else layer(*args, **kwargs)
+
+    return keras.models.clone_model(
+        view, clone_function=lambda layer: preprocessor if layer.name == PREPROCESSOR else layer, call_function=call
+    )
 
 
 def backbone_of(model: keras.Model) -> keras.Model:

@@ -5,10 +5,21 @@ Format history:
 * 1 — the head's layers sit directly in the model after the backbone.
 * 2 — the head is a nested model named ``"head"`` (see ``_model.py``). Format-1 runs still load,
   predict and evaluate; further training on them runs without cached features.
+* 3 — ``model.keras`` loads in plain Keras, without transferkit: the preprocessor is written with
+  built-in layers (:func:`~transferkit.backbones._preprocessing.builtin_preprocessor`, bit-identical
+  to ``Preprocess``) and ``transferkit.json`` records its contract (``preprocessing``), which
+  :func:`load_run` puts back as a ``Preprocess`` layer. Hub runs are the exception: their module
+  is a ``HubLayer`` (a SavedModel graph) that needs transferkit anyway, so they keep ``Preprocess``.
+
+``save_run`` writes no compile state or optimizer in any format (a run is for inference; further
+training starts a new phase with its own optimizer; an optimizer saved unbuilt made loading warn
+about skipped variables), and :func:`load_run` loads every format uncompiled. A format-1 model is
+saved again as format 1 (its layout), with ``Preprocess``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import zipfile
@@ -18,21 +29,22 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 
 from transferkit._atomic import atomic_paths
 from transferkit._errors import DataError
 from transferkit._heads import Head
-from transferkit._model import BACKBONE, HEAD, INPUT, PREPROCESSOR, build_model
+from transferkit._model import BACKBONE, HEAD, INPUT, PREPROCESSOR, build_model, model_parts, with_preprocessor
 from transferkit._types import Color, History, PathLike
-from transferkit.backbones._preprocessing import Preprocess
+from transferkit.backbones._preprocessing import Preprocess, builtin_preprocessor
 from transferkit.backbones._registry import BackboneSpec
 from transferkit.backbones._weights import build_backbone
 from transferkit.hub import HubLayer, hub_backbone_of_run
 
 MODEL_FILE = "model.keras"
 META_FILE = "transferkit.json"
-FORMAT = 2
-READABLE_FORMATS = (1, 2)
+FORMAT = 3
+READABLE_FORMATS = (1, 2, 3)
 _KERAS_CONFIG = "config.json"  # the architecture inside a .keras zip (keras.src.saving.saving_lib)
 
 
@@ -52,6 +64,7 @@ class RunMetadata:
     best: dict[str, Any] | None = None
     refit: dict[str, Any] | None = None
     calibration: dict[str, Any] | None = None
+    preprocessing: str | None = None  # the preprocessor's contract; written by save_run, needed from format 3
     format: int = FORMAT
 
     def to_json(self) -> str:
@@ -71,7 +84,7 @@ class RunMetadata:
             image_size=int(data["image_size"]), class_names=tuple(data["class_names"]), head=data["head"],
             resize=data.get("resize", "pad"), background=tuple(data.get("background", (255, 255, 255))),
             history=data.get("history", {}), best=data.get("best"), refit=data.get("refit"),
-            calibration=data.get("calibration"),
+            calibration=data.get("calibration"), preprocessing=data.get("preprocessing"),
             format=version,
         )
 
@@ -82,11 +95,23 @@ def save_run(directory: PathLike, model: keras.Model, meta: RunMetadata) -> Path
     Both are written in full under temporary names first, then renamed in place one right after
     the other: a save that fails or is killed leaves the previous run (or nothing), never a file
     that loads wrong.
+
+    ``model.keras`` holds the model without its compile state. From format 3 (``meta.format``) its
+    preprocessor is written with built-in Keras layers, so that ``keras.saving.load_model`` loads it
+    without transferkit (not for a Hub run: see the module notes); ``meta.preprocessing`` is set to
+    the model's contract.
     """
+    preprocessor = model_parts(model).preprocessor
+    meta = dataclasses.replace(meta, preprocessing=preprocessor.mode)
+    if meta.format >= 3 and meta.hub_handle is None:
+        saved = with_preprocessor(model, builtin_preprocessor(
+            preprocessor.mode, name=PREPROCESSOR, dtype=preprocessor.dtype_policy))
+    else:
+        saved = with_preprocessor(model, preprocessor)  # the same layers, without the compile state
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_paths(out / MODEL_FILE, out / META_FILE, keep_suffix=True) as (model_file, meta_file):
-        model.save(model_file)  # Keras insists on the .keras suffix
+        saved.save(model_file)  # Keras insists on the .keras suffix
         meta_file.write_text(meta.to_json(), encoding="utf-8")
     return out
 
@@ -99,6 +124,9 @@ def load_run(directory: PathLike, *, safe_mode: bool = True) -> tuple[keras.Mode
     recorded handle (or the one registered under the run's backbone name), and only the weights
     are read from ``model.keras``. Deserialising it would load whatever SavedModel the file names,
     which safe mode rightly refuses; this way safe loading needs no exception.
+
+    Every model comes back uncompiled, with a ``Preprocess`` layer as its preprocessor (a format-3
+    file holds built-in layers there: they are checked to compute the recorded contract exactly).
 
     Args:
         directory: The folder :func:`save_run` wrote.
@@ -113,7 +141,9 @@ def load_run(directory: PathLike, *, safe_mode: bool = True) -> tuple[keras.Mode
         raise DataError(f"{str(root)!r} is not a saved FineTuner: expected {MODEL_FILE} and {META_FILE} in it.")
     meta = RunMetadata.from_json((root / META_FILE).read_text(), where=str(root / META_FILE))
     if meta.hub_handle is None:
-        return keras.saving.load_model(root / MODEL_FILE, safe_mode=safe_mode), meta
+        # compile=False: an older run's optimizer was saved unbuilt, and a run trains on in new phases anyway
+        model = keras.saving.load_model(root / MODEL_FILE, safe_mode=safe_mode, compile=False)
+        return (_with_preprocess_layer(model, meta, root) if meta.format >= 3 else model), meta
     saved = saved_architecture(root / MODEL_FILE)
     module = _layer_config(saved, "HubLayer")
     spec = hub_backbone_of_run(
@@ -121,6 +151,29 @@ def load_run(directory: PathLike, *, safe_mode: bool = True) -> tuple[keras.Mode
         preprocessing=_layer_config(saved, "Preprocess").get("mode", "unit"), layer_config=module,
     )
     return rebuild_model(root / MODEL_FILE, saved, spec, meta), meta
+
+
+def _with_preprocess_layer(model: keras.Model, meta: RunMetadata, root: Path) -> keras.Model:
+    """The loaded format-3 ``model`` with ``Preprocess(meta.preprocessing)`` in place of its built-in
+    preprocessor, after checking that the two compute the same numbers (on a few pixels)."""
+    where = f"{str(root / MODEL_FILE)!r}"
+    mode = meta.preprocessing
+    if mode is None:
+        raise DataError(f"{str(root / META_FILE)!r} is format {meta.format} but records no 'preprocessing'.")
+    try:
+        saved = model.get_layer(PREPROCESSOR)
+        computing = saved.layers[-1] if isinstance(saved, keras.Model) else saved  # a nested model has no policy
+        contract = Preprocess(mode, name=PREPROCESSOR, dtype=computing.dtype_policy)
+        pixels = np.linspace(0.0, 255.0, 2 * 2 * 3, dtype="float32").reshape(1, 2, 2, 3)
+        same = np.array_equal(keras.ops.convert_to_numpy(saved(pixels)),
+                              keras.ops.convert_to_numpy(contract(pixels)))
+    except (ValueError, TypeError) as error:  # no such layer, an unknown mode, a layer that takes no image
+        reason = " ".join(str(error).split())[:300]
+        raise DataError(f"{where} has no preprocessor that transferkit can check ({reason}).") from None
+    if not same:
+        raise DataError(f"The {PREPROCESSOR!r} layer in {where} does not compute the {mode!r} preprocessing "
+                        f"that {META_FILE} records: was the model changed after training?")
+    return with_preprocessor(model, contract)
 
 
 def saved_architecture(model_file: Path) -> dict[str, Any]:

@@ -3,6 +3,11 @@
 Models built by transferkit take raw pixels (float, 0–255, RGB). The first layer maps them
 to what the pretrained network was trained on, so a user never calls ``preprocess_input``
 and a saved model cannot be fed the wrong range by accident.
+
+Every contract is ``x * scale + offset`` per channel (after RGB → BGR for ``"caffe"``), computed
+as ``keras.layers.Rescaling`` computes it: :func:`builtin_preprocessor` writes the same contract
+with built-in Keras layers only (what a saved run holds, so that plain Keras loads it), and the two
+give bit-identical outputs.
 """
 
 from __future__ import annotations
@@ -27,6 +32,15 @@ _IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 _IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
+# (scale, offset) of each contract that rescales, per channel where a list
+_AFFINE: dict[str, tuple[float | list[float], float | list[float]]] = {
+    "tf": (1 / 127.5, -1.0),
+    "unit": (1 / 255.0, 0.0),
+    "torch": ([1 / (255.0 * s) for s in _IMAGENET_STD_RGB],
+              [-m / s for m, s in zip(_IMAGENET_MEAN_RGB, _IMAGENET_STD_RGB, strict=True)]),
+    "caffe": (1.0, [-m for m in _CAFFE_MEAN_BGR]),
+}
+
 
 @keras.saving.register_keras_serializable(package="transferkit")
 class Preprocess(keras.layers.Layer):
@@ -46,21 +60,51 @@ class Preprocess(keras.layers.Layer):
 
     def call(self, inputs: Any) -> Any:
         x = ops.cast(inputs, self.compute_dtype)
-        if self.mode == "tf":
-            return x / 127.5 - 1.0
-        if self.mode == "unit":
-            return x / 255.0
-        if self.mode == "torch":
-            mean = ops.convert_to_tensor(_IMAGENET_MEAN_RGB, dtype=x.dtype)
-            std = ops.convert_to_tensor(_IMAGENET_STD_RGB, dtype=x.dtype)
-            return (x / 255.0 - mean) / std
+        if self.mode == "builtin":
+            return x
         if self.mode == "caffe":
-            bgr = ops.flip(x, axis=-1)
-            return bgr - ops.convert_to_tensor(_CAFFE_MEAN_BGR, dtype=x.dtype)
-        return x  # builtin
+            x = ops.flip(x, axis=-1)  # RGB → BGR
+        scale, offset = _AFFINE[self.mode]
+        # the operations of keras.layers.Rescaling.call, in its order: builtin_preprocessor's twin
+        return x * ops.cast(scale, x.dtype) + ops.cast(offset, x.dtype)
 
     def compute_output_shape(self, input_shape: Any) -> Any:
         return input_shape
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "mode": self.mode}
+
+
+def builtin_preprocessor(mode: str, *, name: str, dtype: Any = None) -> keras.layers.Layer:
+    """The contract ``mode`` in built-in Keras layers only, computing exactly what ``Preprocess(mode)`` does.
+
+    A ``Rescaling`` layer for ``"tf"``, ``"unit"`` and ``"torch"``, an ``Identity`` for ``"builtin"``;
+    for ``"caffe"`` a small model that reverses the channels by cropping and concatenating them (no
+    arithmetic, so exact, and no weights) before its ``Rescaling``. Channels last, any image size.
+
+    Args:
+        mode: A key of ``PREPROCESSING_MODES``.
+        name: The layer's name.
+        dtype: Its dtype policy or policy name (``None``: the global one).
+
+    Example:
+        >>> builtin_preprocessor("tf", name="preprocess")  # keras.layers.Rescaling(1 / 127.5, -1.0)
+    """
+    check_choice("mode", mode, PREPROCESSING_MODES)
+    dtype = getattr(dtype, "name", dtype)  # a policy by name: Identity cannot serialise a DTypePolicy object
+    if mode == "builtin":
+        return keras.layers.Identity(name=name, dtype=dtype)
+    scale, offset = _AFFINE[mode]
+    if mode != "caffe":
+        return keras.layers.Rescaling(scale, offset, name=name, dtype=dtype)
+    rgb = keras.Input(shape=(None, None, 3), name="rgb")
+    # channels first, so that Cropping2D's row axis runs over them: one plane per crop
+    planes = keras.layers.Permute((3, 1, 2), name="channels_first", dtype=dtype)(rgb)
+    crops = {"blue": ((2, 0), (0, 0)), "green": ((1, 1), (0, 0)), "red": ((0, 2), (0, 0))}  # BGR order
+    bgr = keras.layers.Concatenate(axis=1, name="bgr", dtype=dtype)([
+        keras.layers.Cropping2D(crop, data_format="channels_last", name=color, dtype=dtype)(planes)
+        for color, crop in crops.items()
+    ])
+    bgr = keras.layers.Permute((2, 3, 1), name="channels_last", dtype=dtype)(bgr)
+    outputs = keras.layers.Rescaling(scale, offset, name="subtract_mean", dtype=dtype)(bgr)
+    return keras.Model(rgb, outputs, name=name)

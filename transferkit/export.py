@@ -623,17 +623,26 @@ class _TFLiteRunner:
 def _export_tflite(tuner: FineTuner, target: Path, quantize: str, checks: _Checks,
                    calibration_set: _Calibration | None) -> ExportReport:
     model = _convert(tuner, tuner._image_settings(), quantize, calibration_set)
-    labels, report_path = target.parent / LABELS_FILE, tflite_report_path(target)
-    with atomic_paths(target, labels, report_path) as (model_tmp, labels_tmp, report_tmp):
+    return _export_file(tuner, target, model, checks, _TFLiteRunner, format="tflite", quantize=quantize,
+                        calibration=calibration_set.describe() if calibration_set is not None else None)
+
+
+def _export_file(tuner: FineTuner, target: Path, model: bytes, checks: _Checks, runner_type: Any, *, format: str,
+                 quantize: str = "none", calibration: dict[str, Any] | None = None, runtime: str = "",
+                 opset: int | None = None) -> ExportReport:
+    """Write a single-file export (TFLite, ONNX) under temporary names, run it in its runtime against
+    the Keras model, and rename it, its labels and its report into place only if it passes."""
+    labels, report_file = target.parent / LABELS_FILE, report_path(target)
+    with atomic_paths(target, labels, report_file) as (model_tmp, labels_tmp, report_tmp):
         model_tmp.write_bytes(model)
-        runner = _TFLiteRunner(model_tmp)
+        runner = runner_type(model_tmp)
         keras_outputs, outputs = _compare(checks, _keras_call(tuner), runner)
-        io = {"input": runner.details("input"), "output": runner.details("output")}
-        report = _report(tuner, target, "tflite", quantize, len(model), checks, outputs, keras_outputs,
-                         latency_ms=_latency(runner.one, checks.first), runtime=runner.runtime, io=io,
-                         bytes_signature=None,
-                         calibration=calibration_set.describe() if calibration_set is not None else None,
-                         files=(target, labels, report_path))
+        given = runner.details("input")
+        io = {"input": given if opset is None else {**given, "opset": opset}, "output": runner.details("output")}
+        report = _report(tuner, target, format, quantize, len(model), checks, outputs, keras_outputs,
+                         latency_ms=_latency(getattr(runner, "one", runner), checks.first),
+                         runtime=runner.runtime + runtime, io=io, bytes_signature=None, calibration=calibration,
+                         files=(target, labels, report_file))
         del runner  # let go of the file before it is renamed (Windows cannot rename an open file)
         _enforce(report, outputs)
         labels_tmp.write_text(_labels_text(tuner), encoding="utf-8")
@@ -792,23 +801,9 @@ class _OnnxRunner:
 
 def _export_onnx(tuner: FineTuner, target: Path, checks: _Checks, settings: PipelineSettings) -> ExportReport:
     model, opset = _convert_onnx(tuner, settings)
-    labels, report_file = target.parent / LABELS_FILE, report_path(target)
-    with atomic_paths(target, labels, report_file) as (model_tmp, labels_tmp, report_tmp):
-        model_tmp.write_bytes(model)
-        runner = _OnnxRunner(model_tmp)
-        keras_outputs, outputs = _compare(checks, _keras_call(tuner), runner)
-        io = {"input": {**runner.details("input"), "opset": opset}, "output": runner.details("output")}
-        report = _report(tuner, target, "onnx", "none", len(model), checks, outputs, keras_outputs,
-                         latency_ms=_latency(runner, checks.first),
-                         runtime=f"{runner.runtime}; converted by Keras {_version('keras')} model.export with "
-                                 f"tf2onnx {_version('tf2onnx')}",
-                         io=io, bytes_signature=None, calibration=None, files=(target, labels, report_file))
-        del runner  # let go of the file before it is renamed (Windows cannot rename an open file)
-        _enforce(report, outputs)
-        labels_tmp.write_text(_labels_text(tuner), encoding="utf-8")
-        report_tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
-    log.info("%s", report.describe())
-    return report
+    return _export_file(tuner, target, model, checks, _OnnxRunner, format="onnx", opset=opset,
+                        runtime=f"; converted by Keras {_version('keras')} model.export with "
+                                f"tf2onnx {_version('tf2onnx')}")
 
 
 def _version(package: str) -> str:

@@ -5,11 +5,12 @@
 For each dataset: split off held-back images (stamps5: a third of each class, 224 px; Fashion-MNIST:
 50 training images per class and 30 other test images per class, 96 px), train with the command
 (`transferkit train TRAIN --backbone mobilenet --weights <real weights> --image-size S --out RUN`),
-then `transferkit.export.export_run` for SavedModel, ONNX and TFLite float32, float16, dynamic
-and int8 (calibrated on the training images), each verified on the held-back images in its own
-runtime. Prints a Markdown table: file size, latency per image at batch 1 on this CPU (in-process,
-median of 20), accuracy of the export and of the Keras model on the held-back images, and top-1
-agreement with the Keras model.
+then `transferkit.export.export_run` for SavedModel, Hub module, ONNX and TFLite float32, float16,
+dynamic, int8 and int8-mixed (both calibrated on the training images), each verified on the
+held-back images in its own runtime. Prints a Markdown table: file size, latency per image at
+batch 1 (from the export report: median of 20) and at batch 32 (median of 5 batches) on this CPU,
+in process, beside the Keras model's; accuracy of the export and of the Keras model on the
+held-back images, and top-1 agreement with the Keras model.
 """
 
 from __future__ import annotations
@@ -17,17 +18,77 @@ from __future__ import annotations
 import argparse
 import gzip
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 from common import FASHION_NAMES, MOBILENET_NOTOP, SHARED, print_report, shared_missing, stratified_folds
 from PIL import Image
 
-VARIANTS = (("saved_model", "none"), ("onnx", "none"), ("tflite", "none"), ("tflite", "float16"),
-            ("tflite", "dynamic"), ("tflite", "int8"))
+VARIANTS = (("saved_model", "none"), ("hub", "none"), ("onnx", "none"), ("tflite", "none"), ("tflite", "float16"),
+            ("tflite", "dynamic"), ("tflite", "int8"), ("tflite", "int8-mixed"))
+BATCH = 32
+
+
+def _per_image_ms(call, batch: np.ndarray, repeats: int = 5) -> float:
+    """Median milliseconds per image of ``call(batch)`` over ``repeats`` calls, after one warm-up call."""
+    call(batch)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call(batch)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000 / len(batch)
+
+
+def _keras_batch(run: Path, test: Path, size: int) -> tuple[np.ndarray, float]:
+    """The first held-back images as one batch of raw pixels, and the Keras model's ms per image on it."""
+    import tensorflow as tf
+
+    import transferkit as tk
+    from transferkit.data import load_image
+
+    model = tk.FineTuner.load(run).model
+    call = tf.function(lambda x: model(x, training=False))
+    batch = np.stack([load_image(p, image_size=size) for p in sorted(test.glob("*/*"))[:BATCH]]).astype(np.float32)
+    return batch, _per_image_ms(lambda x: call(tf.constant(x)).numpy(), batch)
+
+
+def _batch_call(fmt: str, path: Path, batch: np.ndarray):
+    """A function running a batch of raw pixels through the export in its own runtime, whole."""
+    import tensorflow as tf
+
+    if fmt == "saved_model":
+        signature = tf.saved_model.load(str(path)).signatures["serving_default"]
+        return lambda x: signature(images=tf.constant(x))["probabilities"].numpy()
+    if fmt == "hub":
+        import tensorflow_hub as hub
+
+        module = hub.load(str(path))
+        return lambda x: module(tf.constant(x / 255.0, tf.float32)).numpy()
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return lambda x: session.run(None, {"images": x})[0]
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    given = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(given["index"], list(batch.shape))
+    interpreter.allocate_tensors()
+    given, taken = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+
+    def run(x: np.ndarray) -> np.ndarray:
+        interpreter.set_tensor(given["index"], x.astype(given["dtype"]))
+        interpreter.invoke()
+        return interpreter.get_tensor(taken["index"])
+
+    return run
 
 
 def _stamps(root: Path) -> tuple[Path, Path, int]:
@@ -76,17 +137,21 @@ def main() -> None:
             subprocess.run([sys.executable, "-m", "transferkit.cli", "train", str(train), "--backbone", "mobilenet",
                             "--weights", str(MOBILENET_NOTOP), "--image-size", str(size), "--out", str(run)],
                            check=True, capture_output=True)
+            batch, keras_batch_ms = _keras_batch(run, test, size)
             for fmt, quantize in VARIANTS:
-                suffix = {"saved_model": "", "onnx": ".onnx", "tflite": ".tflite"}[fmt]
+                suffix = {"saved_model": "", "hub": "", "onnx": ".onnx", "tflite": ".tflite"}[fmt]
                 out = root / "exports" / f"{fmt}_{quantize}{suffix}"
                 out.parent.mkdir(exist_ok=True)
                 report = export_run(run, out, format=fmt, quantize=quantize, check=test,
-                                    calibration=train if quantize == "int8" else None)
+                                    calibration=train if quantize.startswith("int8") else None)
+                batch_ms = _per_image_ms(_batch_call(fmt, out, batch), batch)
                 rows.append({
                     "dataset": name, "format": fmt, "quantize": quantize,
                     "size (MB)": f"{report.size_bytes / 1e6:.2f}",
                     "ms/image (batch 1)": f"{report.latency_ms:.2f}",
                     "Keras ms/image": f"{report.keras_latency_ms:.2f}",
+                    f"ms/image (batch {BATCH})": f"{batch_ms:.2f}",
+                    f"Keras ms/image (batch {BATCH})": f"{keras_batch_ms:.2f}",
                     "accuracy": f"{report.accuracy:.3f}", "Keras accuracy": f"{report.keras_accuracy:.3f}",
                     "top-1 agreement": f"{report.agreement:.2%}", "images": report.images,
                 })

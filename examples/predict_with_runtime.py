@@ -2,10 +2,11 @@
 
     python examples/predict_with_runtime.py EXPORT IMAGES_DIR [--json]
 
-EXPORT is what `transferkit export` wrote: a SavedModel folder (TensorFlow), a `.tflite` file
-(ai-edge-litert) or an `.onnx` file (onnxruntime), with its `labels.txt`. The SavedModel gets
-each file's bytes through its `serving_bytes` signature (decoding and resizing happen inside the
-model); for TFLite and ONNX the pixels are prepared here as transferkit's loader does with its
+EXPORT is what `transferkit export` wrote: a SavedModel folder (TensorFlow), a Hub module folder
+(`--format hub`; tensorflow_hub), a `.tflite` file (ai-edge-litert) or an `.onnx` file
+(onnxruntime), with its `labels.txt`. The SavedModel gets each file's bytes through its
+`serving_bytes` signature (decoding and resizing happen inside the model); for the Hub module
+(pixels / 255, the Hub convention), TFLite and ONNX the pixels are prepared here as transferkit's loader does with its
 default settings: EXIF rotation, RGB on a white background, the longer side scaled to the model's
 size with bilinear resampling and the rest padded white (a run trained with `resize="crop"` or
 `"stretch"`, or another background, needs that here too).
@@ -41,6 +42,14 @@ def pixels(path: Path, size: int) -> np.ndarray:
 
 
 def predict(export: Path, files: list[Path]) -> np.ndarray:
+    if export.is_dir() and json.loads((export / "export_report.json").read_text())["format"] == "hub":
+        import tensorflow as tf
+        import tensorflow_hub as hub
+
+        module = hub.load(str(export))
+        size = int(module.signatures["serving_default"].structured_input_signature[1]["images"].shape[1])
+        batch = np.stack([pixels(f, size) for f in files]).astype(np.float32) / 255.0
+        return module(tf.constant(batch)).numpy()
     if export.is_dir():  # SavedModel: send the files' bytes
         import tensorflow as tf
 

@@ -95,6 +95,30 @@ def saved_model(folders: dict[str, Path]) -> tuple[Path, ExportReport]:
     return out, export_run(folders["run"], out, check=folders["check"])
 
 
+@pytest.fixture(scope="module")
+def hub_export(folders: dict[str, Path]) -> tuple[Path, ExportReport]:
+    out = folders["root"] / "hub" / "tiny_classifier"
+    return out, export_run(folders["run"], out, format="hub", check=folders["check"])
+
+
+def test_hub_export_is_the_whole_classifier_for_hub_load(folders, hub_export):
+    import tensorflow_hub as hub
+
+    out, report = hub_export
+    assert {"saved_model.pb", "variables", "labels.txt", "export_report.json"} <= {p.name for p in out.iterdir()}
+    assert (out / "labels.txt").read_text().split() == ["blue", "green", "red"]
+    _, pixels = _check_pixels(folders["check"])
+    expected = _keras(folders["run"], pixels)
+    module = hub.load(str(out))
+    found = module(tf.constant(pixels / 255.0, tf.float32)).numpy()  # the Hub convention: images in [0, 1]
+    np.testing.assert_allclose(found, expected, atol=1e-5)
+    served = module.signatures["serving_default"](tf.constant(pixels / 255.0, tf.float32))
+    np.testing.assert_allclose(next(iter(served.values())).numpy(), expected, atol=1e-5)
+    assert report.format == "hub" and report.agreement == 1.0 and report.max_abs_diff <= 1e-5
+    assert report.enforced and report.input["range"] == [0.0, 1.0]
+    assert json.loads((out / "export_report.json").read_text())["format"] == "hub"
+
+
 def test_saved_model_signatures_match_the_keras_model(folders, saved_model):
     out, report = saved_model
     assert {p.name for p in out.iterdir()} >= {"saved_model.pb", "variables", "assets", "labels.txt",
@@ -207,9 +231,10 @@ def _interpret(path: Path, pixels: np.ndarray) -> tuple[np.ndarray, dict, dict]:
 
 @pytest.fixture(scope="module")
 def tflite_exports(folders: dict[str, Path]) -> dict[str, tuple[Path, ExportReport]]:
-    """The four TFLite variants, each in a folder of its own; int8 calibrated on 12 training images."""
+    """The four TFLite variants, each in a folder of its own; int8 calibrated on 12 training images
+    (int8-mixed has a test of its own)."""
     found = {}
-    for quantize in export.QUANTIZATIONS:
+    for quantize in ("none", "float16", "dynamic", "int8"):
         out = folders["root"] / "deploy" / quantize / f"tiny_{quantize}.tflite"
         calibration = {"calibration": folders["data"], "calibration_images": 12} if quantize == "int8" else {}
         found[quantize] = out, export_run(folders["run"], out, format="tflite", quantize=quantize,
@@ -251,6 +276,29 @@ def test_tflite_variants_run_in_litert_as_the_report_says(folders, tflite_export
     assert written["quantize"] == quantize and written["input"]["name"] == "images"
     assert written["output"]["name"] == "probabilities"
     print(f"\n{report.describe()}")  # the figures docs/export.md quotes (pytest -s)
+
+
+def test_int8_mixed_keeps_the_layers_int8_hurts_most_in_float32(folders, tflite_exports, tmp_path, monkeypatch):
+    # with no error allowed, every layer with small enough weights stays float32
+    monkeypatch.setattr(export, "MIXED_ERROR_LIMIT", 0.0)
+    monkeypatch.setattr(export, "MIXED_WEIGHT_SHARE", 0.05)
+    out = tmp_path / "mixed.tflite"
+    report = export_run(folders["run"], out, format="tflite", quantize="int8-mixed", check=folders["check"],
+                        calibration=folders["data"], calibration_images=12)
+    kept = report.calibration["float32_layers"]
+    interpreter, _ = export._interpreter(out)
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    float_ops = {tensors[op["outputs"][0]]["name"].split(";")[0] for op in interpreter._get_ops_details()
+                 if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+                 and tensors[op["inputs"][0]]["dtype"] == np.float32}
+    assert kept and set(kept) == float_ops  # exactly the reported layers compute in float32
+    weights = export._weight_counts(tflite_exports["int8"][0].read_bytes())  # as the full-integer model has them
+    shares = {name.split(";")[0]: count / sum(weights.values()) for name, count in weights.items()}
+    assert all(0 < shares[name] <= 0.05 for name in kept) and max(shares.values()) > 0.05  # the big ones stay int8
+    given, taken = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    assert given["dtype"] == taken["dtype"] == np.float32  # float32 pixels in, probabilities out
+    assert report.agreement >= tflite_exports["int8"][1].agreement and report.enforced is False
+    assert json.loads(tflite_report_path(out).read_text())["calibration"]["float32_layers"] == kept
 
 
 def test_without_a_check_folder_or_litert_it_verifies_on_random_pixels_with_tensorflow(folders, tmp_path,
@@ -405,12 +453,12 @@ def _new_images(folder: Path) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("kind", ["saved_model", "tflite_none", "tflite_int8", "onnx"])
+@pytest.mark.parametrize("kind", ["saved_model", "tflite_none", "tflite_int8", "onnx", "hub"])
 def test_an_exported_file_predicts_as_the_run_does(folders, tmp_path, request, kind):
     if kind == "onnx":
         out, report = request.getfixturevalue("onnx_export")
-    elif kind == "saved_model":
-        out, report = request.getfixturevalue("saved_model")
+    elif kind in ("saved_model", "hub"):
+        out, report = request.getfixturevalue("saved_model" if kind == "saved_model" else "hub_export")
     else:
         out, report = request.getfixturevalue("tflite_exports")[kind.split("_")[1]]
     exported = load_exported(out)
@@ -471,9 +519,12 @@ def test_option_errors_name_the_option(folders, tmp_path):
         export_run(run, tmp_path / "m.tflite", format="tflite", quantize="int4")
     with pytest.raises(tk.ConfigError, match="quantize applies to format='tflite' only"):
         export_run(run, tmp_path / "m", quantize="float16")
-    with pytest.raises(tk.ConfigError, match="quantize='int8' needs calibration images"):
-        export_run(run, tmp_path / "m.tflite", format="tflite", quantize="int8")
-    with pytest.raises(tk.ConfigError, match="calibration images are used by quantize='int8' only"):
+    for quantize in ("int8", "int8-mixed"):
+        with pytest.raises(tk.ConfigError, match=f"quantize='{quantize}' needs calibration images"):
+            export_run(run, tmp_path / "m.tflite", format="tflite", quantize=quantize)
+    with pytest.raises(tk.ConfigError, match="quantize applies to format='tflite' only; a Hub module"):
+        export_run(run, tmp_path / "hub", format="hub", quantize="float16")
+    with pytest.raises(tk.ConfigError, match="calibration images are used by quantize='int8' or 'int8-mixed' only"):
         export_run(run, tmp_path / "m.tflite", format="tflite", calibration=folders["data"])
     with pytest.raises(tk.ConfigError, match="calibration_images to be a positive integer"):
         export_run(run, tmp_path / "m.tflite", format="tflite", quantize="int8", check=folders["check"],

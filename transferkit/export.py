@@ -30,8 +30,10 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import csv
 import functools
 import importlib
+import io
 import json
 import logging
 import statistics
@@ -59,12 +61,26 @@ from transferkit.data._sources import ImageFiles, scan_folder
 
 log = logging.getLogger("transferkit")
 
-FORMATS = ("saved_model", "tflite", "onnx")
-"""What :func:`export_run` writes: a TensorFlow SavedModel folder, a TFLite (LiteRT) file or an ONNX file."""
+FORMATS = ("saved_model", "tflite", "onnx", "hub")
+"""What :func:`export_run` writes: a TensorFlow SavedModel folder for serving, a TFLite (LiteRT)
+file, an ONNX file, or a TensorFlow Hub module folder (the whole classifier, for ``hub.load``)."""
 
-QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
+QUANTIZATIONS = ("none", "float16", "dynamic", "int8", "int8-mixed")
 """TFLite weight and activation types: float32, float16 weights, int8 weights (dynamic range),
-or int8 weights and activations with uint8 input and output (full integer)."""
+int8 weights and activations with uint8 input and output (full integer), or int8 with the few
+small layers that int8 hurts most kept in float32 and float32 input and output (``"int8-mixed"``)."""
+
+INTEGER_QUANTIZATIONS = ("int8", "int8-mixed")
+"""The quantizations with int8 activations, which need calibration images."""
+
+MIXED_ERROR_LIMIT = 2.0
+"""``"int8-mixed"`` keeps a layer in float32 when its int8 output's root-mean-square error on the
+calibration images exceeds this many quantization steps (and its weights are small, see
+:data:`MIXED_WEIGHT_SHARE`); a well-quantized layer's error is about 0.3 step (rounding alone)."""
+
+MIXED_WEIGHT_SHARE = 0.02
+"""``"int8-mixed"`` keeps a layer in float32 only if its weights are at most this share of the
+model's, so that the file stays about as small as full-integer int8."""
 
 AGREEMENT_TOLERANCE = 0.99
 """A float export must pick the Keras model's top class on at least this share of check images."""
@@ -84,6 +100,8 @@ _SUFFIXES = {"tflite": ".tflite", "onnx": ".onnx"}  # the single-file formats
 _ONNX_INSTALL = 'pip install "transferkit[onnx]"'
 
 _BATCH = 32  # images per forward pass when comparing outputs
+_WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "CONV_3D")
+_MIXED_DEBUG_IMAGES = 64  # calibration images on which "int8-mixed" measures each layer's error
 _SEED = 0  # the random check images and the calibration sample are the same on every run
 
 
@@ -92,9 +110,9 @@ class ExportReport:
     """What :func:`export_run` wrote and how closely the written file matches the Keras model.
 
     Attributes:
-        path: The export: a SavedModel folder, a ``.tflite`` or an ``.onnx`` file.
-        format: ``"saved_model"``, ``"tflite"`` or ``"onnx"``.
-        quantize: ``"none"``, ``"float16"``, ``"dynamic"`` or ``"int8"`` (TFLite); ``"none"`` otherwise.
+        path: The export: a SavedModel or Hub folder, a ``.tflite`` or an ``.onnx`` file.
+        format: ``"saved_model"``, ``"tflite"``, ``"onnx"`` or ``"hub"``.
+        quantize: One of :data:`QUANTIZATIONS` (TFLite); ``"none"`` otherwise.
         size_bytes: Size of the export on disk (a SavedModel: every file in its folder, without
             ``labels.txt`` and the report).
         checked_on: The check folder, or ``"random pixels"`` when none was given.
@@ -181,24 +199,32 @@ def export_run(
             file ending in ``.tflite``; ``format="onnx"``: a file ending in ``.onnx``.
             ``labels.txt`` (one class name a line, in output order) and the report are written
             beside a file (``<stem>.export_report.json``; ``<stem>.onnx.export_report.json`` for
-            ONNX) or inside a SavedModel folder (``export_report.json``; ``labels.txt`` also as the
-            asset ``assets/labels.txt``). :func:`report_path` gives the report's path.
+            ONNX) or inside a SavedModel or Hub folder (``export_report.json``; a SavedModel also
+            has ``labels.txt`` as the asset ``assets/labels.txt``). :func:`report_path` gives the
+            report's path. ``format="hub"``: a folder, as for a SavedModel.
         format: ``"saved_model"`` (signatures ``serving_default``: float32 pixels
             ``[batch, size, size, 3]``; ``serving_bytes``: encoded JPEG/PNG/… bytes ``[batch]``;
             both return ``{"probabilities": …}``), ``"tflite"`` (built-in ops only) or
             ``"onnx"`` (converted by Keras' ``model.export(format="onnx")``, i.e. tf2onnx, and
             run with ONNX Runtime; input ``images``, output ``probabilities``; the class names
             and image settings are also in the file's metadata; needs ``pip install
-            "transferkit[onnx]"``).
+            "transferkit[onnx]"``) or ``"hub"`` (a TF2 Hub module of the whole classifier:
+            ``hub.load(path)(images)`` with float32 images in [0, 1], the Hub convention, returns
+            the probabilities; checked with ``hub.load``).
         quantize: TFLite only. ``"none"`` (float32), ``"float16"`` (half-size weights),
-            ``"dynamic"`` (int8 weights, float activations) or ``"int8"`` (int8 weights and
-            activations; uint8 raw-pixel input and uint8 probabilities out; needs calibration images).
+            ``"dynamic"`` (int8 weights, float activations), ``"int8"`` (int8 weights and
+            activations; uint8 raw-pixel input and uint8 probabilities out; needs calibration
+            images; runs on integer-only accelerators) or ``"int8-mixed"`` (int8 weights and
+            activations except the small layers whose int8 error on the calibration images is
+            largest, which stay float32; float32 pixels in and probabilities out; for CPUs and
+            GPUs, not integer-only accelerators; needs calibration images).
         check: A class folder with the run's classes to verify on (and to calibrate int8 when
             ``calibration`` is not given). Without it the export is verified on
             :data:`RANDOM_CHECK_IMAGES` random-pixel images, which proves agreement but says
             nothing about accuracy.
         calibration: A class folder whose images set the int8 quantization ranges (images like
-            the training data; class names need not match). Only for ``quantize="int8"``.
+            the training data; class names need not match). Only for ``quantize="int8"`` or
+            ``"int8-mixed"``.
         calibration_images: At most this many calibration images, drawn evenly from each class
             (seeded).
 
@@ -223,19 +249,20 @@ def export_run(
     check_choice("format", format, FORMATS)
     check_choice("quantize", quantize, QUANTIZATIONS)
     if format != "tflite" and quantize != "none":
-        kept = "a SavedModel" if format == "saved_model" else "an ONNX file"
+        kept = {"saved_model": "a SavedModel", "hub": "a Hub module"}.get(format, "an ONNX file")
         raise ConfigError(f"quantize applies to format='tflite' only; {kept} keeps float32 "
                           f"weights. Received: format={format!r}, quantize={quantize!r}. Use format='tflite' or "
                           "drop quantize.")
     if not isinstance(calibration_images, int) or isinstance(calibration_images, bool) or calibration_images < 1:
         raise ConfigError(f"Expected calibration_images to be a positive integer. "
                           f"Received: calibration_images={calibration_images!r}.")
-    if calibration is not None and quantize != "int8":
-        raise ConfigError(f"calibration images are used by quantize='int8' only. Received: quantize={quantize!r}, "
-                          f"calibration={str(calibration)!r}. Drop calibration, or use quantize='int8'.")
+    if calibration is not None and quantize not in INTEGER_QUANTIZATIONS:
+        raise ConfigError(f"calibration images are used by quantize='int8' or 'int8-mixed' only. Received: "
+                          f"quantize={quantize!r}, calibration={str(calibration)!r}. Drop calibration, or use "
+                          "quantize='int8'.")
     calibration_folder = calibration if calibration is not None else check
-    if quantize == "int8" and calibration_folder is None:
-        raise ConfigError("quantize='int8' needs calibration images to set the quantization ranges, and a run "
+    if quantize in INTEGER_QUANTIZATIONS and calibration_folder is None:
+        raise ConfigError(f"quantize={quantize!r} needs calibration images to set the quantization ranges, and a run "
                           "folder holds none: pass check=FOLDER or calibration=FOLDER (class sub-folders of "
                           "images like the training data), or use quantize='dynamic', which needs none.")
     target = Path(out)
@@ -247,11 +274,13 @@ def export_run(
     settings = tuner._image_settings()
     checks = _check_images(tuner, check, settings)
     calibration_set = (_calibration_images(calibration_folder, settings, calibration_images)
-                       if quantize == "int8" and calibration_folder is not None else None)
+                       if quantize in INTEGER_QUANTIZATIONS and calibration_folder is not None else None)
 
     with _created_parents(target):
         if format == "saved_model":
             return _export_saved_model(tuner, target, checks, settings)
+        if format == "hub":
+            return _export_hub(tuner, target, checks, settings)
         if format == "onnx":
             return _export_onnx(tuner, target, checks, settings)
         return _export_tflite(tuner, target, quantize, checks, calibration_set)
@@ -483,7 +512,7 @@ def _export_saved_model(tuner: FineTuner, target: Path, checks: _Checks, setting
                            "agreement": _agreement(tuner, bytes_outputs, bytes_reference),
                            "max_abs_diff": _max_diff(bytes_outputs, bytes_reference)}
         side = settings.image_size
-        io: dict[str, dict[str, Any]] = {
+        tensors: dict[str, dict[str, Any]] = {
             "input": {"name": "images", "dtype": "float32", "shape": [None, side, side, 3],
                       "signature": "serving_default", "bytes_signature": "serving_bytes",
                       "bytes_input": {"name": "image_bytes", "dtype": "string", "shape": [None]}},
@@ -492,13 +521,68 @@ def _export_saved_model(tuner: FineTuner, target: Path, checks: _Checks, setting
         report = _report(tuner, target, "saved_model", "none", size, checks, outputs, keras_outputs,
                          latency_ms=_latency(run, checks.first),
                          runtime=f"tf.saved_model.load and a TF1 session, as TF Serving loads it (TensorFlow "
-                                 f"{tf.__version__})", io=io, bytes_signature=bytes_signature, calibration=None,
-                         files=(target,))
+                                 f"{tf.__version__})", tensors=tensors, bytes_signature=bytes_signature,
+                         calibration=None, files=(target,))
         _enforce(report, outputs)
         (folder / LABELS_FILE).write_text(_labels_text(tuner), encoding="utf-8")
         (folder / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
     log.info("%s", report.describe())
     return report
+
+
+def _export_hub(tuner: FineTuner, target: Path, checks: _Checks, settings: PipelineSettings) -> ExportReport:
+    """The whole classifier as a TF2 Hub module (images in [0, 1], the Hub convention), checked with
+    ``hub.load``."""
+    import tensorflow_hub as hub
+
+    from transferkit.hub import export_hub_module
+
+    keras = _keras_call(tuner)
+    with atomic_path(target) as folder:
+        export_hub_module(tuner._require_model(), folder)
+        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        runner = _HubRunner(folder, hub.load(str(folder)))
+        keras_outputs, outputs = _compare(checks, keras, runner)
+        side = settings.image_size
+        tensors: dict[str, dict[str, Any]] = {
+            "input": {"name": "images", "dtype": "float32", "shape": [None, side, side, 3], "range": [0.0, 1.0],
+                      "signature": "__call__ (also serving_default)"},
+            "output": {"name": "outputs", "dtype": "float32", "shape": [None, len(_classes(tuner))]},
+        }
+        report = _report(tuner, target, "hub", "none", size, checks, outputs, keras_outputs,
+                         latency_ms=_latency(runner, checks.first), runtime=runner.runtime, tensors=tensors,
+                         bytes_signature=None, calibration=None, files=(target,))
+        _enforce(report, outputs)
+        (folder / LABELS_FILE).write_text(_labels_text(tuner), encoding="utf-8")
+        (folder / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    log.info("%s", report.describe())
+    return report
+
+
+class _HubRunner:
+    """A Hub module of a classifier, called on raw float pixel batches (scaled to [0, 1] for it)."""
+
+    def __init__(self, path: Path, module: Any = None) -> None:
+        if module is None:
+            import tensorflow_hub as hub
+
+            module = hub.load(str(path))
+        self.module = module  # held: the call reads its variables
+        self.runtime = f"hub.load (tensorflow_hub {_version('tensorflow-hub')}, TensorFlow {tf.__version__})"
+        function = self.module.signatures.get("serving_default")
+        self.output_spec = next(iter(function.structured_outputs.values())) if function is not None else None
+        self.input_spec = (next(iter(function.structured_input_signature[1].values()))
+                           if function is not None else None)
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return np.asarray(self.module(tf.constant(images / 255.0, dtype=tf.float32)), dtype=np.float32)
+
+    def details(self, key: str) -> dict[str, Any]:
+        spec = self.input_spec if key == "input" else self.output_spec
+        if spec is None:
+            return {"name": key, "dtype": "float32", "shape": []}
+        return {"name": "images" if key == "input" else "outputs", "dtype": spec.dtype.name,
+                "shape": list(spec.shape.as_list())}
 
 
 @contextlib.contextmanager
@@ -537,31 +621,93 @@ def _served_outputs(folder: Path, checks: _Checks) -> np.ndarray:
 
 
 def _convert(tuner: FineTuner, settings: PipelineSettings, quantize: str, calibration_set: _Calibration | None
-             ) -> bytes:
+             ) -> tuple[bytes, list[str]]:
+    """The TFLite file's bytes, and the layers an ``"int8-mixed"`` conversion kept in float32."""
     with tempfile.TemporaryDirectory() as scratch:
         # From a SavedModel of the inference-mode function: the converter then sees training=False,
         # and freezes the variables it tracks
         _save(tuner, Path(scratch), settings, with_bytes=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(scratch, signature_keys=["serving_default"])
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no Select-TF ("flex") ops
-        if quantize != "none":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if quantize == "float16":
-            converter.target_spec.supported_types = [tf.float16]
-        elif quantize == "int8":
-            if calibration_set is None:
-                raise ConfigError("quantize='int8' needs calibration images.")
-            converter.representative_dataset = calibration_set.batches
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            converter.inference_input_type = tf.uint8
-            converter.inference_output_type = tf.uint8
+
+        def converter() -> Any:
+            made = tf.lite.TFLiteConverter.from_saved_model(scratch, signature_keys=["serving_default"])
+            made.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no Select-TF ("flex") ops
+            if quantize != "none":
+                made.optimizations = [tf.lite.Optimize.DEFAULT]
+            if quantize == "float16":
+                made.target_spec.supported_types = [tf.float16]
+            elif quantize in INTEGER_QUANTIZATIONS:
+                if calibration_set is None:
+                    raise ConfigError(f"quantize={quantize!r} needs calibration images.")
+                made.representative_dataset = calibration_set.batches
+                if quantize == "int8":  # "int8-mixed" keeps float32 input and output, as the debugger writes it
+                    made.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+                    made.inference_input_type = tf.uint8
+                    made.inference_output_type = tf.uint8
+            return made
+
         try:
-            return bytes(converter.convert())
+            if quantize == "int8-mixed":
+                assert calibration_set is not None
+                return _convert_mixed(converter, calibration_set)
+            return bytes(converter().convert()), []
+        except ConfigError:
+            raise
         except Exception as error:  # the converter raises many types; each means "cannot convert this model"
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            hint = " Try quantize='dynamic' or 'float16'." if quantize == "int8" else ""
+            hint = " Try quantize='dynamic' or 'float16'." if quantize in INTEGER_QUANTIZATIONS else ""
             raise ConfigError(f"TFLite cannot convert this model with built-in ops only (quantize={quantize!r}): "
                               f"{first}.{hint}") from error
+
+
+def _convert_mixed(converter: Callable[[], Any], calibration_set: _Calibration) -> tuple[bytes, list[str]]:
+    """int8 everywhere except the layers whose int8 output is furthest from float32 on the
+    calibration images (TFLite's quantization debugger measures each layer with float32 inputs)
+    among the convolutions and dense layers, if their weights are few; those run in float32 between dequantize and
+    quantize ops."""
+    debug_images = calibration_set.images[:_MIXED_DEBUG_IMAGES]
+
+    def debug_dataset() -> Iterator[list[np.ndarray]]:
+        for image in debug_images:
+            yield [image[None].astype(np.float32)]
+
+    with _quiet_tensorflow(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+        debugger = tf.lite.experimental.QuantizationDebugger(converter=converter(), debug_dataset=debug_dataset)
+        debugger.run()
+        buffer = io.StringIO()
+        debugger.layer_statistics_dump(buffer)
+        buffer.seek(0)
+        full_integer = bytes(debugger.get_nondebug_quantized_model())
+        weights = _weight_counts(full_integer)
+        total = sum(weights.values()) or 1
+        kept = []
+        for row in csv.DictReader(buffer):
+            error = float(row["mean_squared_error"]) ** 0.5 / float(row["scale"])
+            name = row["tensor_name"]
+            weighted = row["op_name"] in _WEIGHTED_OPS
+            if weighted and error > MIXED_ERROR_LIMIT and weights.get(name, total) <= MIXED_WEIGHT_SHARE * total:
+                kept.append(name)
+        if not kept:
+            return full_integer, []
+        options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=kept)
+        selective = tf.lite.experimental.QuantizationDebugger(
+            converter=converter(), debug_dataset=lambda: iter(()), debug_options=options)
+        return bytes(selective.get_nondebug_quantized_model()), kept
+
+
+def _weight_counts(model: bytes) -> dict[str, int]:
+    """For each operator output of a TFLite model, how many constant values (weights, biases) its
+    operator reads."""
+    interpreter = tf.lite.Interpreter(model_content=model)
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    counts: dict[str, int] = {}
+    for op in interpreter._get_ops_details():
+        inputs = [tensors[i] for i in op["inputs"] if i >= 0 and i in tensors]
+        constant = sum(int(np.prod(t["shape"])) for t in inputs[1:])
+        for i in op["outputs"]:
+            if i in tensors:
+                counts[tensors[i]["name"]] = constant
+    return counts
 
 
 def _interpreter(path: Path) -> tuple[Any, str]:
@@ -622,9 +768,12 @@ class _TFLiteRunner:
 
 def _export_tflite(tuner: FineTuner, target: Path, quantize: str, checks: _Checks,
                    calibration_set: _Calibration | None) -> ExportReport:
-    model = _convert(tuner, tuner._image_settings(), quantize, calibration_set)
+    model, kept = _convert(tuner, tuner._image_settings(), quantize, calibration_set)
+    calibration = calibration_set.describe() if calibration_set is not None else None
+    if calibration is not None and quantize == "int8-mixed":
+        calibration["float32_layers"] = [name.split(";")[0] for name in kept]  # the fused op's first name
     return _export_file(tuner, target, model, checks, _TFLiteRunner, format="tflite", quantize=quantize,
-                        calibration=calibration_set.describe() if calibration_set is not None else None)
+                        calibration=calibration)
 
 
 def _export_file(tuner: FineTuner, target: Path, model: bytes, checks: _Checks, runner_type: Any, *, format: str,
@@ -638,11 +787,12 @@ def _export_file(tuner: FineTuner, target: Path, model: bytes, checks: _Checks, 
         runner = runner_type(model_tmp)
         keras_outputs, outputs = _compare(checks, _keras_call(tuner), runner)
         given = runner.details("input")
-        io = {"input": given if opset is None else {**given, "opset": opset}, "output": runner.details("output")}
+        tensors = {"input": given if opset is None else {**given, "opset": opset},
+                   "output": runner.details("output")}
         report = _report(tuner, target, format, quantize, len(model), checks, outputs, keras_outputs,
                          latency_ms=_latency(getattr(runner, "one", runner), checks.first),
-                         runtime=runner.runtime + runtime, io=io, bytes_signature=None, calibration=calibration,
-                         files=(target, labels, report_file))
+                         runtime=runner.runtime + runtime, tensors=tensors, bytes_signature=None,
+                         calibration=calibration, files=(target, labels, report_file))
         del runner  # let go of the file before it is renamed (Windows cannot rename an open file)
         _enforce(report, outputs)
         labels_tmp.write_text(_labels_text(tuner), encoding="utf-8")
@@ -1020,7 +1170,7 @@ def _is_float32(format: str, quantize: str) -> bool:
 
 def _kind(format: str, quantize: str) -> str:
     """How reports and errors name an export: ``SavedModel``, ``ONNX``, ``TFLite (int8)`` …"""
-    return {"saved_model": "SavedModel", "onnx": "ONNX"}.get(format, f"TFLite ({quantize})")
+    return {"saved_model": "SavedModel", "onnx": "ONNX", "hub": "Hub module"}.get(format, f"TFLite ({quantize})")
 
 
 def _image_settings(settings: PipelineSettings) -> dict[str, Any]:
@@ -1030,15 +1180,15 @@ def _image_settings(settings: PipelineSettings) -> dict[str, Any]:
 
 def _report(tuner: FineTuner, target: Path, format: str, quantize: str, size: int, checks: _Checks,
             outputs: np.ndarray, keras_outputs: np.ndarray, *, latency_ms: float, runtime: str,
-            io: dict[str, dict[str, Any]], bytes_signature: dict[str, Any] | None,
+            tensors: dict[str, dict[str, Any]], bytes_signature: dict[str, Any] | None,
             calibration: dict[str, Any] | None, files: tuple[Path, ...]) -> ExportReport:
     return ExportReport(
         path=str(target), format=format, quantize=quantize, size_bytes=int(size), checked_on=checks.description,
         images=checks.count, agreement=_agreement(tuner, outputs, keras_outputs),
         max_abs_diff=_max_diff(outputs, keras_outputs), accuracy=_accuracy(tuner, outputs, checks.labels),
         keras_accuracy=_accuracy(tuner, keras_outputs, checks.labels), latency_ms=latency_ms,
-        keras_latency_ms=_keras_latency(tuner, checks.first), runtime=runtime, input=io["input"],
-        output=io["output"], image_settings=_image_settings(tuner._image_settings()),
+        keras_latency_ms=_keras_latency(tuner, checks.first), runtime=runtime, input=tensors["input"],
+        output=tensors["output"], image_settings=_image_settings(tuner._image_settings()),
         bytes_signature=bytes_signature, calibration=calibration,
         enforced=format != "tflite" or quantize in ("none", "float16"), files=tuple(str(f) for f in files),
     )
@@ -1082,7 +1232,7 @@ class ExportedModel:
 
     Attributes:
         path: The export: a SavedModel folder, a ``.tflite`` or an ``.onnx`` file.
-        format: ``"saved_model"``, ``"tflite"`` or ``"onnx"``.
+        format: ``"saved_model"``, ``"tflite"``, ``"onnx"`` or ``"hub"``.
         class_names: The name of each output, in order (``labels.txt``; an ONNX file's metadata).
         image_size: Side of the square input, in pixels.
         resize: How images are fitted to it: ``"pad"``, ``"stretch"`` or ``"crop"``.
@@ -1128,11 +1278,16 @@ class ExportedModel:
 
 def export_format(path: PathLike) -> str | None:
     """The format of the export at ``path`` — ``"saved_model"`` (a folder with ``saved_model.pb``),
-    ``"tflite"`` or ``"onnx"`` (a file with that suffix) — or ``None`` for anything else (a run
-    folder, a missing path, …)."""
+    ``"hub"`` (such a folder whose export report says so), ``"tflite"`` or ``"onnx"`` (a file with
+    that suffix) — or ``None`` for anything else (a run folder, a missing path, …)."""
     path = Path(path)
     if path.is_dir():
-        return "saved_model" if (path / "saved_model.pb").is_file() else None
+        if not (path / "saved_model.pb").is_file():
+            return None
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            if json.loads((path / REPORT_FILE).read_text(encoding="utf-8")).get("format") == "hub":
+                return "hub"
+        return "saved_model"
     if path.is_file():
         return next((format for format, suffix in _SUFFIXES.items() if path.suffix.lower() == suffix), None)
     return None
@@ -1148,7 +1303,7 @@ def load_exported(path: PathLike, *, resize: str | None = None, background: Colo
     Keep those files with the export.
 
     Args:
-        path: A SavedModel folder, a ``.tflite`` file or an ``.onnx`` file.
+        path: A SavedModel folder, a Hub module folder, a ``.tflite`` file or an ``.onnx`` file.
         resize: Only for an export that does not record its image settings (an export report
             lost, or written by an older transferkit): the run's ``resize`` (``transferkit.json``).
         background: Likewise, the run's ``background`` ``(r, g, b)``.
@@ -1173,9 +1328,11 @@ def load_exported(path: PathLike, *, resize: str | None = None, background: Colo
                 else "")
         raise DataError(f"{shown!r} is not an export: expected a SavedModel folder (with saved_model.pb), a .tflite "
                         f"or an .onnx file written by transferkit.export.export_run.{hint}")
-    runner: _SavedModelRunner | _TFLiteRunner | _OnnxRunner
+    runner: _SavedModelRunner | _TFLiteRunner | _OnnxRunner | _HubRunner
     if format == "saved_model":
         runner = _SavedModelRunner(source)
+    elif format == "hub":
+        runner = _HubRunner(source)
     elif format == "tflite":
         runner = _TFLiteRunner(source)
     else:
@@ -1257,12 +1414,12 @@ def _recorded_settings(source: Path, embedded: dict[str, str], side: int, *, res
 def _exported_labels(source: Path, format: str, embedded: dict[str, str]) -> tuple[str, ...]:
     if "labels" in embedded:
         return tuple(embedded["labels"].splitlines())
-    places = ([source / LABELS_FILE, source / "assets" / LABELS_FILE] if format == "saved_model"
-              else [source.parent / LABELS_FILE])
+    inside = format in ("saved_model", "hub")
+    places = [source / LABELS_FILE, source / "assets" / LABELS_FILE] if inside else [source.parent / LABELS_FILE]
     for place in places:
         if place.is_file():
             return tuple(line for line in place.read_text(encoding="utf-8").splitlines() if line)
-    raise DataError(f"There is no {LABELS_FILE} {'in' if format == 'saved_model' else 'beside'} "
+    raise DataError(f"There is no {LABELS_FILE} {'in' if inside else 'beside'} "
                     f"{printable(str(source))!r}: the class names are in the labels.txt that export_run wrote "
                     "with it. Copy it back, or export the run again.")
 

@@ -28,12 +28,17 @@ from transferkit._features import (
     feature_dataset,
     files_digest,
     has_random_layers,
+    shard_rows,
     split_at_boundary,
     weights_digest,
 )
-from transferkit._model import model_parts, with_preprocessing
-from transferkit._types import Callbacks
-from transferkit.data._loaders import ImageData
+from transferkit._freezing import FreezePolicy
+from transferkit._model import build_model, model_parts, with_preprocessing
+from transferkit._types import Callbacks, Weights
+from transferkit.backbones._registry import BackboneSpec
+from transferkit.data._loaders import ImageData, all_images
+from transferkit.data._pipelines import PipelineSettings, file_pipeline
+from transferkit.data._sources import ImageFiles
 
 log = logging.getLogger("transferkit")
 
@@ -103,9 +108,88 @@ def _token(data: ImageData) -> str:
 EXTRACTION_BATCH = 128  # images per forward pass while extracting: about 15 % faster than 32 on CPU
 
 
-def _extraction_batches(dataset: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
+def extraction_batch(batch_size: int) -> int:
     """Bigger batches for the forward-only extraction, at most 4× the training batch (memory)."""
-    return dataset.rebatch(max(batch_size, min(EXTRACTION_BATCH, 4 * batch_size)))
+    return max(batch_size, min(EXTRACTION_BATCH, 4 * batch_size))
+
+
+def _extraction_batches(dataset: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
+    return dataset.rebatch(extraction_batch(batch_size))
+
+
+def split_key(model_key: str, data: ImageData, split: str) -> str:
+    """The cache key of one split's features (``split``: ``"train"`` or ``"validation"``) from an
+    extractor with :func:`~transferkit._features.weights_digest` ``model_key``."""
+    settings = data.settings
+    files = data.train_files if split == "train" else data.validation_files
+    source = files_digest(files.paths, files.labels) if files is not None else f"arrays:{_token(data)}"
+    return cache_key(model=model_key, source=source, split=split, size=settings.image_size,
+                     resize=settings.resize, background=settings.background)
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """One array of features that a head phase trains on, and the images behind it.
+
+    Attributes:
+        name: ``"training"``, ``"validation"`` or ``"refit"`` (training and validation images
+            together, for the refit of ``FineTuner(refit=…)``).
+        key: Its cache key.
+        files: The images, in the order of the array's rows.
+        settings: How the images are loaded (size, resize mode, background, batch size).
+    """
+
+    name: str
+    key: str
+    files: ImageFiles
+    settings: PipelineSettings
+
+    @property
+    def count(self) -> int:
+        return len(self.files)
+
+    @property
+    def batch(self) -> int:
+        """Images per forward pass while extracting (what a shard's rows are whole multiples of)."""
+        return extraction_batch(self.settings.batch_size)
+
+    def batches(self, rows: range | None = None) -> tf.data.Dataset:
+        """Extraction batches of the images (of ``rows`` only, which must start on a whole batch)."""
+        files = self.files if rows is None else self.files.subset(np.arange(rows.start, rows.stop))
+        return _extraction_batches(file_pipeline(files, self.settings, cache=False), self.settings.batch_size)
+
+    def shard(self, index: int, count: int) -> range:
+        """The rows shard ``index`` of ``count`` extracts: a contiguous block of whole batches."""
+        return shard_rows(self.count, self.batch, index, count)
+
+
+def head_feature_sets(spec: BackboneSpec, *, weights: Weights, data: ImageData, policy: FreezePolicy,
+                      refit: bool) -> tuple[keras.Model, list[FeatureSet]] | None:
+    """The extractor and the arrays that a FineTuner's head phase (``policy`` applied) caches for
+    ``data``, with the refit's when ``refit``; ``None`` where the head phase trains uncached.
+
+    The same model, freezing and keys as :meth:`FineTuner.fit`, so that features stored from
+    these are found by a fit on the same data.
+    """
+    if data.train_files is None:
+        raise ValueError("head_feature_sets() needs ImageData from files (load_folder, load_csv, from_files).")
+    model = build_model(spec, num_outputs=max(2, len(data.class_names)), weights=weights,
+                        image_size=data.settings.image_size)
+    policy.apply(model, spec, clamp=True)
+    plan = plan_cache(model, data, FeatureCache(), augment_views=0, callbacks=())
+    if plan is None or plan.views or plan.trainable is not model_parts(model).head:
+        return None
+    model_key = weights_digest(plan.extractor)
+    sets = [FeatureSet("training", split_key(model_key, data, "train"), data.train_files, data.settings)]
+    if data.validation_files is not None and len(data.validation_files):
+        sets.append(FeatureSet("validation", split_key(model_key, data, "validation"), data.validation_files,
+                               data.settings))
+        if refit:
+            everything = all_images(data)
+            assert everything.train_files is not None
+            sets.append(FeatureSet("refit", split_key(model_key, everything, "train"), everything.train_files,
+                                   everything.settings))
+    return plan.extractor, sets
 
 
 def cached_datasets(plan: CachePlan, data: ImageData, cache: FeatureCache, *, progress: bool
@@ -116,10 +200,7 @@ def cached_datasets(plan: CachePlan, data: ImageData, cache: FeatureCache, *, pr
     model_key = weights_digest(plan.extractor)
 
     def key(split: str) -> str:
-        files = data.train_files if split == "train" else data.validation_files
-        source = files_digest(files.paths, files.labels) if files is not None else f"arrays:{_token(data)}"
-        return cache_key(model=model_key, source=source, split=split, size=settings.image_size,
-                         resize=settings.resize, background=settings.background)
+        return split_key(model_key, data, split)
 
     ordered = data.train_ordered
     if ordered is None:

@@ -1,14 +1,17 @@
 """The ``transferkit`` command.
 
     transferkit backbones [--filter TEXT] [--json]
-    transferkit train DATA_DIR --backbone NAME --weights imagenet|none|PATH [--out RUN_DIR] [--config F] …
+    transferkit train DATA_DIR --backbone NAME --weights imagenet|none|PATH [--out RUN_DIR] [--config F]
+                      [--cache DIR] …
+    transferkit extract DATA_DIR --backbone NAME --weights W --cache DIR [--shard I/N] [--config F]
+                        [--image-size S] [--batch-size N] [--validation-split F] [--seed N] [--refit R]
     transferkit demo [--out DIR]
     transferkit lr-find DATA_DIR --backbone NAME --weights W [--phase head|fine-tune] [--out DIR]
     transferkit tune DATA_DIR --backbone NAME --weights W [--max-trials 20] [--tuner random|bayesian|hyperband]
     transferkit evaluate RUN_DIR DATA_DIR [--tta N [--no-flip]] [--json]
     transferkit predict RUN_DIR|EXPORT IMAGE_OR_DIR [--top-k 3] [--tta N [--no-flip]] [--json]
-    transferkit export RUN_DIR --out PATH [--format saved_model|tflite|onnx] [--quantize none|float16|dynamic|int8]
-                       [--check DIR] [--calibration DIR] [--json]
+    transferkit export RUN_DIR --out PATH [--format saved_model|tflite|onnx]
+                       [--quantize none|float16|dynamic|int8|int8-mixed] [--check DIR] [--calibration DIR] [--json]
 
 Every mistake a user can make prints one line starting with ``error:`` and exits with status 2.
 """
@@ -19,6 +22,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import warnings
@@ -27,7 +31,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from transferkit import BackboneSpec
+    import keras
+
+    from transferkit import BackboneSpec, FeatureCache, FreezePolicy, ImageData, Phase
+    from transferkit._cache_plan import FeatureSet
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -103,6 +110,7 @@ def _train_defaults() -> dict[str, Any]:
         "calibrate": True,
         "seed": None,
         "out": "run",
+        "cache": None,  # a folder: the head phase's features are kept there across runs (`transferkit extract`)
     }
 
 
@@ -141,15 +149,98 @@ def _read_config(path: str) -> dict[str, Any]:
     return options
 
 
-def _train_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Command-line flags over the config file over the defaults."""
+def _train_options(args: argparse.Namespace, *, command: str = "train") -> dict[str, Any]:
+    """Command-line flags over the config file over the defaults (``extract`` reads train's options)."""
     config = _read_config(args.config) if args.config else {}
     given = {k: v for k, v in vars(args).items() if k in TRAIN_OPTIONS and v is not None}
     options = {**_train_defaults(), **config, **given}
     options["data_dir"] = args.data_dir or config.get("data_dir")
     if not options["data_dir"]:
-        raise _UsageError("train: give DATA_DIR on the command line or data_dir in --config.")
+        raise _UsageError(f"{command}: give DATA_DIR on the command line or data_dir in --config.")
     return options
+
+
+def _training_data(options: dict[str, Any]) -> tuple[BackboneSpec, ImageData]:
+    """The backbone and the data of a train (or extract) command."""
+    import transferkit as tk
+
+    spec = tk.get_backbone(options["backbone"] or DEFAULT_BACKBONE)
+    data = tk.load_folder(options["data_dir"], augment=tk.Augment() if _flag(options, "augment") else None,
+                          progress=True, **_pipeline_options(options, spec))
+    return spec, data
+
+
+def _feature_cache(value: Any) -> FeatureCache:
+    """--cache DIR as a FeatureCache on that folder (created here), or a one-line usage error."""
+    import transferkit as tk
+
+    if not isinstance(value, (str, os.PathLike)) or not str(value):
+        raise _UsageError(f"cache = {value!r}: expected the path of a folder for the feature cache.")
+    folder = Path(value).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise _UsageError(f"--cache {str(value)!r} is a file, not a folder: give a folder for the feature cache "
+                          "(it is created if missing).")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(13, "permission denied")
+    except OSError as error:
+        raise _UsageError(f"--cache {str(value)!r}: cannot write to this folder ({error.strerror or error}). "
+                          "Choose another folder.") from None
+    return tk.FeatureCache(folder)
+
+
+def _shard(value: str) -> tuple[int, int]:
+    """--shard I/N as ``(I, N)``: this process's share, numbered from 0."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", value)
+    if match is None:
+        raise _UsageError(f"--shard {value!r}: expected I/N, this process's shard I of N numbered from 0 "
+                          "(--shard 0/4, --shard 1/4, … --shard 3/4).")
+    index, count = int(match[1]), int(match[2])
+    if count < 1 or index >= count:
+        shards = f"--shard 0/{count} … --shard {count - 1}/{count}" if count > 1 else "--shard 0/1"
+        raise _UsageError(f"--shard {value}: expected I/N with N >= 1 and 0 <= I < N; shards are numbered from "
+                          f"0 ({shards}).")
+    return index, count
+
+
+def _head_feature_sets(options: dict[str, Any], spec: BackboneSpec, data: ImageData, policy: FreezePolicy
+                       ) -> tuple[keras.Model, list[FeatureSet]] | None:
+    """The extractor and feature arrays of train's head phase (and its refit), or None (augmented data)."""
+    from transferkit._cache_plan import head_feature_sets
+
+    choice = _refit_choice(options["refit"])
+    refit = choice is True or (choice == "auto" and data.num_train + data.num_validation <= REFIT_MAX_IMAGES)
+    return head_feature_sets(spec, weights=_weights(str(options["weights"])), data=data, policy=policy,
+                             refit=refit)
+
+
+def _images(sets: Sequence[FeatureSet]) -> str:
+    return " + ".join(f"{s.count} {s.name}" for s in sets) + " images"
+
+
+def _features_line(cache: FeatureCache, options: dict[str, Any], spec: BackboneSpec, data: ImageData,
+                   head_phase: Phase) -> str:
+    """What `train --cache` does about the head phase's features: load them, or extract and store them."""
+    where = f"cache {cache.directory}"
+    head = "Features for the head phase:"
+    if head_phase.epochs == 0:
+        return f"{head} none from {where}: the head phase runs no epochs"
+    found = _head_feature_sets(options, spec, data, head_phase.policy)
+    if found is None:
+        return f"{head} none from {where}: with augment the head trains on new augmented images every epoch"
+    sets = found[1]
+    loaded = [s for s in sets if cache.get(s.key) is not None]  # get() merges a complete set of shards
+    missing = [s for s in sets if s not in loaded]
+    if not missing:
+        return f"{head} loaded from {where} ({_images(loaded)}), no extraction"
+    line = (f"{head} loaded {_images(loaded)} from {where}; extracting {_images(missing)} and storing them there"
+            if loaded else f"{head} extracting {_images(missing)} and storing them in {where}")
+    partial = [f"{s.name}: shards {', '.join(map(str, present))} of {count}"
+               for s in missing for count, present in cache.shards(s.key).items()]
+    if partial:
+        line += f" (an incomplete set of shards is not used — {'; '.join(partial)})"
+    return line
 
 
 def _pipeline_options(options: dict[str, Any], spec: BackboneSpec) -> dict[str, Any]:
@@ -167,9 +258,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import transferkit as tk
 
     o = _train_options(args)
-    spec = tk.get_backbone(o["backbone"] or DEFAULT_BACKBONE)
-    data = tk.load_folder(o["data_dir"], augment=tk.Augment() if _flag(o, "augment") else None, progress=True,
-                          **_pipeline_options(o, spec))
+    cache = _feature_cache(o["cache"]) if o["cache"] is not None else None
+    spec, data = _training_data(o)
     head_phase = tk.HEAD_PHASE
     if o["epochs"] is not None:
         head_phase = dataclasses.replace(head_phase, epochs=o["epochs"])
@@ -195,7 +285,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                          fine_tune_phase=fine if fine.epochs else None, seed=data.settings.seed,
                          class_weight="balanced" if _flag(o, "balanced") else None,
                          keep_best=not _flag(o, "keep_last"),
-                         refit=_refit_choice(o["refit"]), temperature_scaling=_flag(o, "calibrate"))
+                         refit=_refit_choice(o["refit"]), temperature_scaling=_flag(o, "calibrate"),
+                         cache=cache if cache is not None else True)
     out = Path(o["out"])
     with RunLock(out):  # a second `transferkit train --out` on this folder stops with one line
         remove_stale_temporaries(out)  # half-written files of a killed run: never loaded, removed
@@ -205,6 +296,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             print(f"Resuming from {resume} (checkpoint in {checkpoint}; --restart starts over)")
         print(f"Training {spec.name} on {data.num_train} images ({data.num_validation} for validation), "
               f"classes: {', '.join(data.class_names)}")
+        if cache is not None:
+            print(_features_line(cache, o, spec, data, head_phase))
         tuner.fit(data, checkpoint_dir=checkpoint, restart=args.restart)
         tuner.save(out)
         metrics = tuner.write_report(data, out)
@@ -219,6 +312,56 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if "validation" in metrics:
         print(f"Validation accuracy: {metrics['validation']['accuracy']:.4f}")
     print(f"Saved the model, metrics.json and plots to {out}")
+    return 0
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    import transferkit as tk
+
+    shard = _shard(args.shard) if args.shard is not None else None
+    o = _train_options(args, command="extract")
+    if o["cache"] is None:
+        raise _UsageError("extract: give --cache DIR (or cache in --config), the folder to store the features in; "
+                          "`transferkit train … --cache DIR` then loads them.")
+    cache = _feature_cache(o["cache"])
+    spec, data = _training_data(o)
+    found = _head_feature_sets(o, spec, data, tk.HEAD_PHASE.policy)
+    if found is None:
+        raise _UsageError("extract: with augment, `transferkit train` trains the head on new augmented images "
+                          "every epoch, so it caches no features and there is nothing to extract. Drop augment "
+                          "(--config), or train without --cache.")
+    extractor, sets = found
+    share = f"shard {shard[0]}/{shard[1]} of " if shard is not None else ""
+    print(f"Extracting {share}the {spec.name} features that `transferkit train` trains its head on "
+          f"({_images(sets)}) into {cache.directory}")
+    complete = True
+    for features in sets:
+        if shard is None:
+            stored = cache.compute(features.key, extractor, features.batches(), features.count, progress=True)
+            print(f"{features.name}: {features.count} images "
+                  f"{'were in the cache already' if stored.hit else 'extracted and stored'}")
+            continue
+        rows = features.shard(*shard)
+        state = cache.compute_shard(features.key, extractor, features.batches(rows) if len(rows) else (),
+                                    shard=shard, rows=rows, total=features.count, progress=True)
+        complete = complete and state.merged
+        what = (f"images {rows.start}–{rows.stop - 1} of {features.count}" if len(rows) else
+                f"no images (more shards than batches of {features.batch} of its {features.count})")
+        if state.merged and not state.written:
+            print(f"{features.name}: {features.count} images were in the cache already")
+        elif state.merged:
+            print(f"{features.name}: {what} extracted as shard {shard[0]}/{shard[1]}; every shard is there, so "
+                  "they are merged into the cache")
+        else:
+            done = "extracted" if state.written else "were extracted already"
+            print(f"{features.name}: {what} {done} as shard {shard[0]}/{shard[1]}; shards there: "
+                  f"{', '.join(map(str, state.present))} of {shard[1]}")
+    if complete:
+        print(f"Every feature array is in {cache.directory}: `transferkit train {o['data_dir']} --cache "
+              f"{cache.directory}` with the same options loads them without extracting.")
+    else:
+        print("The other shards are still to come: whichever process completes a set merges it (so does "
+              "`transferkit train --cache` when it finds a complete set).")
     return 0
 
 
@@ -448,7 +591,30 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for the model, labels, metrics and plots (default ./run); running the "
                                  "same command again after a kill resumes from the last epoch")
     p.add_argument("--restart", action="store_true", help="start over instead of resuming an interrupted run")
+    p.add_argument("--cache", metavar="DIR", help="keep the head phase's backbone features in this folder and "
+                                                  "load them from it (filled by an earlier run or by `transferkit "
+                                                  "extract`)")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("extract", help="store the features `train --cache DIR` trains its head on, in parallel "
+                                       "with --shard I/N")
+    p.add_argument("data_dir", nargs="?", help="folder of class sub-folders (or data_dir in --config)")
+    p.add_argument("--config", help="train's .toml or .yaml file (options that do not change the features are "
+                                    "ignored)")
+    p.add_argument("--backbone", help=f"registry name (default {DEFAULT_BACKBONE})")
+    p.add_argument("--weights", help="'imagenet' (default), 'none' or a weights file")
+    p.add_argument("--cache", metavar="DIR", help="the feature cache folder (created if missing), shared by the shards")
+    p.add_argument("--shard", metavar="I/N", help="extract only shard I of N (0 <= I < N): a contiguous block of "
+                                                  "each split; the process that completes the set merges it")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--batch-size", type=int, help="as given to train: images go through the network 4x this many "
+                                                  "at a time (at most 128), and shards are whole such batches")
+    p.add_argument("--validation-split", type=float)
+    p.add_argument("--refit", choices=["auto", "always", "never"],
+                   help="as given to train: also extract the features of the refit on all images (auto: up to "
+                        f"{REFIT_MAX_IMAGES} images)")
+    p.add_argument("--seed", type=int)
+    p.set_defaults(func=_cmd_extract)
 
     p = sub.add_parser("tune", help="search the head (and fine-tune depth) with keras-tuner")
     p.add_argument("data_dir")
@@ -507,10 +673,11 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="saved_model", choices=EXPORT_FORMATS)
     p.add_argument("--quantize", default="none", choices=QUANTIZATIONS,
                    help="TFLite weights: none (float32), float16, dynamic (int8 weights), int8 (uint8 in and out; "
-                        "needs --check or --calibration)")
+                        "needs --check or --calibration), int8-mixed (int8 but the layers it hurts most; float32 "
+                        "in and out; needs --check or --calibration)")
     p.add_argument("--check", help="DIR/<class>/<images> with the run's classes to verify on (default: random pixels)")
-    p.add_argument("--calibration", help="DIR/<class>/<images> like the training data, for --quantize int8 "
-                                         "(default: --check)")
+    p.add_argument("--calibration", help="DIR/<class>/<images> like the training data, for --quantize int8 or "
+                                         "int8-mixed (default: --check)")
     p.add_argument("--calibration-images", type=int, default=300, help="at most this many calibration images")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_cmd_export)

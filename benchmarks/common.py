@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -62,3 +66,19 @@ def print_report(rows: list[dict], columns: list[str], json_path: str | None, pa
     print(markdown_table(rows, columns))
     if json_path:
         Path(json_path).write_text(json.dumps(payload, indent=2))
+
+
+def run_timed(command: list[str]) -> tuple[float, float, str]:
+    """Run ``command`` to completion: wall seconds, peak resident memory of its process in MB (from
+    ``wait4``) and its standard output. Exits with the command's error output if it fails."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        process = subprocess.Popen(command, stdout=out, stderr=err)
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - start
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if process.returncode != 0:
+            raise SystemExit(f"{' '.join(command)} failed:\n{err.read().decode(errors='replace')[-2000:]}")
+        return seconds, usage.ru_maxrss / 1024, out.read().decode(errors="replace")

@@ -34,6 +34,29 @@ def test_head_search_shares_one_feature_extraction_and_resumes(data, tmp_path):
     assert len(resumed.rows) == 5
 
 
+def test_head_only_trials_build_the_backbone_once_and_score_on_cached_features(data, tmp_path, monkeypatch):
+    import transferkit._model as model_module
+    from transferkit._tuning import _score
+
+    built = []
+
+    def counted(*args, **kwargs):
+        built.append(args)
+        return build_backbone(*args, **kwargs)
+
+    build_backbone = model_module.build_backbone
+    monkeypatch.setattr(model_module, "build_backbone", counted)
+    result = search(data, "tiny_cnn", weights="imagenet", max_trials=3, epochs=2, directory=tmp_path)
+    assert len(result.rows) == 3 and len(built) == 1  # the first trial's frozen backbone serves all three
+    assert all(0 <= row["score"] <= 1 for row in result.rows)
+
+    # the score a trial gets without a second pass equals evaluating the trained model on the images
+    tuner = result.settings.tuner({"units": 0, "dropout": 0.0, "learning_rate": 0.01}, cache=FeatureCache())
+    tuner.fit(data, verbose=0)
+    assert tuner._held_out is not None
+    assert _score(tuner, data) == pytest.approx(tuner.evaluate(data).accuracy)
+
+
 @pytest.mark.parametrize("tuner", ["bayesian", "hyperband"])
 def test_two_phase_trials_with_other_tuners(data, tmp_path, tuner):
     result = search(data, "tiny_cnn", weights="imagenet", max_trials=2, epochs=2, fine_tune=True,

@@ -39,7 +39,7 @@ from transferkit._inference import (
 )
 from transferkit._lr_find import LearningRateSweep, constant_rate_optimizer, sweep, sweep_batches, sweep_values
 from transferkit._metrics import Evaluation, Predictions, evaluate_outputs
-from transferkit._model import backbone_of, build_model, model_parts
+from transferkit._model import assemble_model, backbone_of, build_model, model_parts
 from transferkit._phases import FINE_TUNE_PHASE, HEAD_PHASE, Phase, steps_per_epoch
 from transferkit._saving import FORMAT, RunMetadata, load_run, save_run
 from transferkit._selection import BestEpoch, BestWeights, Divergence, DivergenceGuard, Refit, Snapshot
@@ -199,6 +199,9 @@ class FineTuner:
         # through a refit, which trains on those images)
         self._held_out: tuple[Predictions | None, Evaluation | None] | None = None
         self._cached_validation: tuple[keras.Model, tf.data.Dataset] | None = None
+        # a frozen headless network to build on instead of a new one (search trials that train only
+        # the head share one: it never changes)
+        self._network: keras.Model | None = None
         self._trained = False  # the model holds trained (or loaded) weights: a refit would throw them away
         self._best: Snapshot | None = None
         self._loaded_best: BestEpoch | None = None
@@ -237,8 +240,12 @@ class FineTuner:
         if self.seed is not None:
             keras.utils.set_random_seed(self.seed)
         self.head = self.head or Head()
-        self.model = build_model(self.spec, num_outputs=n, weights=self.weights, head=self.head,
-                                 image_size=self.image_size)
+        network = self._network
+        if network is not None and self.image_size in (None, int(network.input_shape[1])):
+            self.model = assemble_model(self.spec, network, num_outputs=n, head=self.head)
+        else:
+            self.model = build_model(self.spec, num_outputs=n, weights=self.weights, head=self.head,
+                                     image_size=self.image_size)
         self._trained = False
         self.image_size = int(self.model.input_shape[1])
         log.info("Built %s (%s weights) at %d px with %d outputs", self.spec.name,

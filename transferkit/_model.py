@@ -112,7 +112,13 @@ def build_model(
         >>> model = build_model("mobilenet_v2", num_outputs=5, weights=None, image_size=160)
     """
     spec = get_backbone(backbone)
-    net = build_backbone(spec, weights=weights, image_size=image_size)
+    return assemble_model(spec, build_backbone(spec, weights=weights, image_size=image_size), num_outputs=num_outputs,
+                          head=head)
+
+
+def assemble_model(spec: BackboneSpec, net: keras.Model, *, num_outputs: int, head: Head | None = None
+                   ) -> keras.Model:
+    """:func:`build_model` around a headless network already built (and frozen here)."""
     net.name = BACKBONE
     net.trainable = False
     top = (head or Head()).build_model(net.output_shape[1:], num_outputs, name=HEAD)

@@ -30,6 +30,7 @@ from transferkit._features import FeatureCache
 from transferkit._finetuner import FineTuner
 from transferkit._freezing import UnfreezeTop
 from transferkit._heads import Head
+from transferkit._model import backbone_of
 from transferkit._phases import FINE_TUNE_PHASE, HEAD_PHASE
 from transferkit._types import PathLike, Weights
 from transferkit.backbones._registry import BackboneSpec, get_backbone
@@ -93,6 +94,16 @@ class TrialSettings:
                          seed=self.seed, cache=cache, refit=refit)
 
 
+def _score(tuner: FineTuner, data: ImageData) -> float:
+    """A trained trial's validation accuracy: from the evaluation its fit made on the cached
+    validation features when there is one (calibration does not change the top class), else by
+    running the model over the validation images."""
+    held_out = tuner._held_out
+    if held_out is not None and held_out[1] is not None and tuner.refitted is None:
+        return float(held_out[1].accuracy)
+    return float(tuner.evaluate(data).accuracy)
+
+
 def _tuner_class(kind: str) -> type:
     kt = _keras_tuner()
     base = {"random": kt.RandomSearch, "bayesian": kt.BayesianOptimization, "hyperband": kt.Hyperband}[kind]
@@ -103,6 +114,7 @@ def _tuner_class(kind: str) -> type:
         def __init__(self, *, data: ImageData, settings: TrialSettings, cache: FeatureCache, **kwargs: Any) -> None:
             super().__init__(**kwargs)
             self._data, self._settings, self._cache = data, settings, cache
+            self._network: keras.Model | None = None  # the frozen backbone head-only trials share
             self._times_file = Path(self.project_dir) / "trial_seconds.json"
             self.trial_seconds: dict[str, float] = (
                 json.loads(self._times_file.read_text()) if self._times_file.is_file() else {})
@@ -111,12 +123,18 @@ def _tuner_class(kind: str) -> type:
                       ) -> dict[str, float]:
             start = time.perf_counter()
             tuner = self._settings.tuner(trial.hyperparameters.values, cache=self._cache)
+            head_only = tuner.fine_tune_phase is None
+            if head_only:  # its backbone stays frozen: build it once for the whole search
+                tuner._network = self._network
             try:
                 tuner.fit(self._data, verbose=0)
-                score = tuner.evaluate(self._data).accuracy
+                score = _score(tuner, self._data)
             except TrainingDivergedError:  # too high a learning rate: a bad trial, not a failed search
                 score = 0.0
-            keras.backend.clear_session()  # each trial builds a new model: free the last one
+            if head_only and self._network is None and tuner.model is not None:
+                self._network = backbone_of(tuner.model)
+            if not head_only:
+                keras.backend.clear_session()  # each trial builds a new model: free the last one
             self.trial_seconds[trial.trial_id] = time.perf_counter() - start
             write_text_atomic(self._times_file, json.dumps(self.trial_seconds))
             return {"val_accuracy": score}

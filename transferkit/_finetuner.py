@@ -9,11 +9,13 @@ on-disk format in ``_saving``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +69,25 @@ log = logging.getLogger("transferkit")
 DEFAULT_BACKBONE = "mobilenet_v2"
 KEEP_BEST = ("phase", "epoch")
 REFIT_MAX_IMAGES = 2000  # refit="auto" trains again on all images up to this many (docs/benchmarks.md)
+
+
+DISTRIBUTE = ("mirrored",)
+
+
+def _strategy(distribute: str | tf.distribute.Strategy | None) -> tf.distribute.Strategy | None:
+    if distribute is None or isinstance(distribute, tf.distribute.Strategy):
+        return distribute
+    check_choice("distribute", distribute, DISTRIBUTE)
+    return tf.distribute.MirroredStrategy()
+
+
+def _in_scope(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``method`` in the FineTuner's distribution strategy's scope (if it has one)."""
+    @functools.wraps(method)
+    def scoped(self: FineTuner, *args: Any, **kwargs: Any) -> Any:
+        with self.strategy.scope() if self.strategy is not None else contextlib.nullcontext():
+            return method(self, *args, **kwargs)
+    return scoped
 
 
 @dataclass(frozen=True)
@@ -128,6 +149,11 @@ class FineTuner:
             often the model is right (single-label heads with validation data; accuracy does
             not change). :attr:`calibration` holds the temperature and the expected calibration
             error before and after; see :meth:`calibrate`.
+        distribute: ``None`` (one device), ``"mirrored"`` (``tf.distribute.MirroredStrategy``:
+            every local GPU, or the CPU) or a ``tf.distribute.Strategy``. The model is built
+            and every phase compiled and trained in its scope; a batch of the data is the
+            global batch, split across the replicas, so the loss and the gradients are those of
+            one device on the same batch. See docs/scaling.md.
 
     Example:
         >>> data = load_folder("photos", image_size=224)
@@ -155,8 +181,10 @@ class FineTuner:
         keep_best: bool | str = "phase",
         refit: bool | str = "auto",
         temperature_scaling: bool = True,
+        distribute: str | tf.distribute.Strategy | None = None,
     ) -> None:
         self.spec = get_backbone(backbone)
+        self.strategy = _strategy(distribute)
         self.weights = weights
         if image_size is not None:
             self.spec.check_size(image_size)
@@ -217,6 +245,7 @@ class FineTuner:
 
     # ------------------------------------------------------------------ model
 
+    @_in_scope
     def build(self, num_classes: int | None = None, *, image_size: int | None = None) -> keras.Model:
         """Build the model now (``fit`` does this for you); returns it.
 
@@ -328,6 +357,7 @@ class FineTuner:
 
     # ------------------------------------------------------------------ training
 
+    @_in_scope
     def _run(self, name: str, phase: Phase, train: TrainData, validation: ValidationData | None, callbacks: Callbacks,
              verbose: Verbose) -> History:
         stages = phase.stages()
@@ -477,6 +507,7 @@ class FineTuner:
             chosen.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=phase.patience))
         return chosen
 
+    @_in_scope
     def find_lr(self, train: TrainData, *, phase: str = "head", start: float = 1e-7, end: float = 10.0,
                 steps: int = 100, beta: float = 0.98, stop_factor: float = 4.0) -> LearningRateSweep:
         """Sweep the learning rate exponentially over ``steps`` batches and suggest one.
@@ -714,6 +745,7 @@ class FineTuner:
             return None
         return all_images(train)
 
+    @_in_scope
     def _refit(self, data: ImageData, everything: ImageData, verbose: Verbose) -> None:
         """Train again from the pretrained weights on ``everything``, for the epochs of the phases kept.
 

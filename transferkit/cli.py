@@ -111,6 +111,7 @@ def _train_defaults() -> dict[str, Any]:
         "seed": None,
         "out": "run",
         "cache": None,  # a folder: the head phase's features are kept there across runs (`transferkit extract`)
+        "distribute": None,  # "mirrored": every local GPU (tf.distribute.MirroredStrategy)
     }
 
 
@@ -286,7 +287,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                          class_weight="balanced" if _flag(o, "balanced") else None,
                          keep_best=not _flag(o, "keep_last"),
                          refit=_refit_choice(o["refit"]), temperature_scaling=_flag(o, "calibrate"),
-                         cache=cache if cache is not None else True)
+                         cache=cache if cache is not None else True,
+                         distribute=None if o["distribute"] in (None, "none") else str(o["distribute"]))
     out = Path(o["out"])
     with RunLock(out):  # a second `transferkit train --out` on this folder stops with one line
         remove_stale_temporaries(out)  # half-written files of a killed run: never loaded, removed
@@ -296,6 +298,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
             print(f"Resuming from {resume} (checkpoint in {checkpoint}; --restart starts over)")
         print(f"Training {spec.name} on {data.num_train} images ({data.num_validation} for validation), "
               f"classes: {', '.join(data.class_names)}")
+        if tuner.strategy is not None:
+            devices = ", ".join(tuner.strategy.extended.worker_devices)
+            print(f"Distributed with {type(tuner.strategy).__name__} over {tuner.strategy.num_replicas_in_sync} "
+                  f"replica(s) ({devices}); a batch of {data.settings.batch_size} is split between them")
         if cache is not None:
             print(_features_line(cache, o, spec, data, head_phase))
         tuner.fit(data, checkpoint_dir=checkpoint, restart=args.restart)
@@ -594,6 +600,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", metavar="DIR", help="keep the head phase's backbone features in this folder and "
                                                   "load them from it (filled by an earlier run or by `transferkit "
                                                   "extract`)")
+    p.add_argument("--distribute", choices=["none", "mirrored"],
+                   help="mirrored: train on every local GPU at once (tf.distribute.MirroredStrategy; --batch-size "
+                        "is the global batch)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("extract", help="store the features `train --cache DIR` trains its head on, in parallel "

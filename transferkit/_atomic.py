@@ -314,6 +314,37 @@ def _read_holder(fd: int) -> dict[str, Any] | None:
     return holder
 
 
+@contextlib.contextmanager
+def waiting_lock(path: PathLike) -> Iterator[float]:
+    """Hold an exclusive ``flock`` on the file ``path`` (created if missing) for the block, waiting
+    while another process holds it; yields the seconds waited.
+
+    Unlike :class:`RunLock`, which refuses a second holder, this makes the second one wait its
+    turn: two processes about to compute the same thing do it one after the other, and the
+    second finds the first one's result. The kernel drops the lock when its holder ends, however
+    it ends. The file stays afterwards (see the module's note on deleting lock files). Without
+    ``fcntl`` (Windows), or on a file system without locks, nothing waits.
+
+    Example:
+        >>> with waiting_lock(cache_dir / f"{key}.lock") as waited:
+        ...     arrays = cache.compute(key, …)  # a hit when another process computed it meanwhile
+    """
+    start = time.monotonic()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as error:
+                if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise
+                log.warning("%s: this file system does not support locks, so other processes do not wait for "
+                            "this one.", path)
+        yield time.monotonic() - start
+    finally:
+        os.close(fd)  # and with it the lock
+
+
 _TEMPORARY = re.compile(r"^\..+\.\d+-[0-9a-f]{8}\.tmp(\.[^.]+)?$")
 
 

@@ -6,6 +6,15 @@ head-only trials extract the backbone's features once for the whole search and t
 the head. Two-phase trials fine-tune the top blocks too; keras-tuner cannot compile and fit one
 trial's model twice on its own (keras-tuner#629), hence the custom ``run_trial``.
 
+The same :func:`search` runs as keras-tuner's distributed search when its environment variables
+are set (``KERASTUNER_TUNER_ID``, ``KERASTUNER_ORACLE_IP``, ``KERASTUNER_ORACLE_PORT``): the chief
+serves the oracle and runs no trial; each worker asks it for trials. Where keras-tuner's chief would
+wait forever for a worker that died mid-trial (keras-tuner#915), this one gives up on a worker it
+has not heard from for ``worker_timeout`` seconds (workers send a heartbeat during each trial) and
+fails its trial: see :func:`_give_up_on_silent_workers`, the one place that ends a trial for a
+worker. Workers extract the head features into a shared disk cache once, under a lock, before
+their first trial.
+
 Example:
     >>> result = search(data, "mobilenet", weights="imagenet", max_trials=20, directory="search/")
     >>> result.best_values
@@ -14,9 +23,16 @@ Example:
 
 from __future__ import annotations
 
+import collections.abc
+import contextlib
 import csv
 import dataclasses
 import json
+import logging
+import math
+import os
+import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +40,14 @@ from typing import TYPE_CHECKING, Any
 
 import keras
 
-from transferkit._atomic import atomic_path, write_text_atomic
-from transferkit._errors import MissingDependencyError, TrainingDivergedError, check_choice
+from transferkit._atomic import atomic_path, waiting_lock, write_text_atomic
+from transferkit._errors import (
+    ConfigError,
+    MissingDependencyError,
+    TrainingDivergedError,
+    TransferkitError,
+    check_choice,
+)
 from transferkit._features import FeatureCache
 from transferkit._finetuner import FineTuner
 from transferkit._freezing import UnfreezeTop
@@ -39,10 +61,21 @@ from transferkit.data._loaders import ImageData
 if TYPE_CHECKING:
     import keras_tuner
 
+log = logging.getLogger("transferkit")
+
 TUNERS = ("random", "bayesian", "hyperband")
 MAX_TRIALS = 20
 EPOCHS = 10
 FINE_TUNE_EPOCHS = 3
+WORKER_TIMEOUT = 120.0  # seconds without word from a worker before the chief fails its trial
+TRIAL_FILE = "transferkit_trial.json"  # in each trial's folder: its seconds and the process that ran it
+_LEGACY_TIMES = "trial_seconds.json"  # one file per project before searches ran in several processes
+_CONSECUTIVE_FAILURES = 3  # keras-tuner's default limit, enforced by the chief in a distributed search
+_POLL = 0.2  # seconds between the chief's checks of its workers
+
+
+class SearchError(TransferkitError, RuntimeError):
+    """A search that cannot go on: no trial completed, or a worker lost its chief."""
 
 
 def _keras_tuner() -> Any:
@@ -51,6 +84,55 @@ def _keras_tuner() -> Any:
     except ImportError:
         raise MissingDependencyError("Search needs keras-tuner. Fix: pip install keras-tuner tensorboard") from None
     return keras_tuner
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's part in keras-tuner's distributed search, read from its environment.
+
+    Attributes:
+        tuner_id: ``KERASTUNER_TUNER_ID``: ``chief`` for the chief (keras-tuner's test is that the id
+            contains "chief"), a distinct id per worker (``tuner0``, ``tuner1``, …).
+        host: ``KERASTUNER_ORACLE_IP``: where the chief listens and the workers connect.
+        port: ``KERASTUNER_ORACLE_PORT``.
+    """
+
+    tuner_id: str
+    host: str
+    port: int
+
+    @property
+    def chief(self) -> bool:
+        return "chief" in self.tuner_id
+
+    @property
+    def role(self) -> str:
+        return "chief" if self.chief else "worker"
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"  # as keras-tuner forms it
+
+    @classmethod
+    def from_environment(cls, environ: collections.abc.Mapping[str, str] | None = None) -> Distributed | None:
+        """The distributed setting, or ``None`` when ``KERASTUNER_ORACLE_IP`` is unset (one process)."""
+        env = os.environ if environ is None else environ
+        host = env.get("KERASTUNER_ORACLE_IP")
+        if host is None:
+            return None
+        example = ("KERASTUNER_TUNER_ID=chief (one process) or tuner0, tuner1, … (the workers), "
+                   "KERASTUNER_ORACLE_IP=<the chief's address>, KERASTUNER_ORACLE_PORT=<a free port>")
+        missing = [name for name in ("KERASTUNER_ORACLE_PORT", "KERASTUNER_TUNER_ID") if not env.get(name)]
+        if missing or not host:
+            unset = missing or ["KERASTUNER_ORACLE_IP"]
+            raise ConfigError(f"KERASTUNER_ORACLE_IP={host!r} asks for keras-tuner's distributed search, but "
+                              f"{' and '.join(unset)} {'is' if len(unset) == 1 else 'are'} not set. Set all three "
+                              f"in every process ({example}), or none for a search in one process.")
+        port = env["KERASTUNER_ORACLE_PORT"]
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"Expected KERASTUNER_ORACLE_PORT to be a port number (1–65535). Received: "
+                              f"KERASTUNER_ORACLE_PORT={port!r}.")
+        return cls(tuner_id=env["KERASTUNER_TUNER_ID"], host=host, port=int(port))
 
 
 def search_space(*, fine_tune: bool = False) -> keras_tuner.HyperParameters:
@@ -94,6 +176,62 @@ class TrialSettings:
                          seed=self.seed, cache=cache, refit=refit)
 
 
+@dataclass(frozen=True)
+class SharedFeatures:
+    """What one process did about the head features of a search on a disk cache.
+
+    Attributes:
+        directory: The cache folder.
+        extracted: ``(name, images)`` of each array this process extracted.
+        loaded: ``(name, images)`` of each array it found there (extracted by another process, or an
+            earlier run).
+        waited: Seconds spent waiting for another process that was extracting them.
+    """
+
+    directory: Path
+    extracted: tuple[tuple[str, int], ...]
+    loaded: tuple[tuple[str, int], ...]
+    waited: float
+
+    def describe(self) -> str:
+        def arrays(found: tuple[tuple[str, int], ...]) -> str:
+            return " + ".join(f"{count} {name}" for name, count in found) + " images"
+
+        if self.extracted:
+            text = f"extracted the features of {arrays(self.extracted)} into {self.directory}"
+            return text + (f" (loaded {arrays(self.loaded)})" if self.loaded else "")
+        waited = f" after waiting {self.waited:.1f} s for the process extracting them" if self.waited >= 0.5 else ""
+        return f"loaded the features of {arrays(self.loaded)} from {self.directory}{waited}, no extraction"
+
+
+def share_head_features(settings: TrialSettings, data: ImageData, cache: FeatureCache) -> SharedFeatures | None:
+    """Make sure the head features every trial trains on are in ``cache``'s folder: extract them
+    unless there, holding a lock so that processes starting together extract them once.
+
+    The first process to take the lock (``<training key>.lock`` in the cache folder) extracts the
+    training and validation features; the others wait for it and then load them. ``None`` where
+    there is nothing to share: an in-memory cache, images not from files, or augmented data (the
+    head then trains on new images every epoch).
+    """
+    from transferkit._cache_plan import head_feature_sets
+
+    if cache.directory is None or data.train_files is None:
+        return None
+    found = head_feature_sets(settings.backbone, weights=settings.weights, data=data, policy=HEAD_PHASE.policy,
+                              refit=False)
+    if found is None:
+        return None
+    extractor, sets = found
+    cache.directory.mkdir(parents=True, exist_ok=True)
+    extracted: list[tuple[str, int]] = []
+    loaded: list[tuple[str, int]] = []
+    with waiting_lock(cache.directory / f"{sets[0].key}.lock") as waited:
+        for features in sets:
+            stored = cache.compute(features.key, extractor, features.batches(), features.count)
+            (loaded if stored.hit else extracted).append((features.name, features.count))
+    return SharedFeatures(cache.directory, tuple(extracted), tuple(loaded), waited)
+
+
 def _score(tuner: FineTuner, data: ImageData) -> float:
     """A trained trial's validation accuracy: from the evaluation its fit made on the cached
     validation features when there is one (calibration does not change the top class), else by
@@ -104,6 +242,158 @@ def _score(tuner: FineTuner, data: ImageData) -> float:
     return float(tuner.evaluate(data).accuracy)
 
 
+# --- keras-tuner's distributed search: what the chief and the workers add to it --------------------
+
+
+@contextlib.contextmanager
+def _heartbeat(oracle: Any, trial_id: str, every: float) -> collections.abc.Iterator[None]:
+    """While a worker runs a trial, ask the chief for it every ``every`` seconds: the chief counts
+    any call about a trial as word from the worker running it."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            with contextlib.suppress(Exception):  # a lost chief shows in the worker's next real call
+                oracle.get_trial(trial_id)
+
+    threading.Thread(target=beat, name=f"transferkit-heartbeat-{trial_id}", daemon=True).start()
+    try:
+        yield
+    finally:
+        stop.set()
+
+
+def _heartbeat_interval(worker_timeout: float) -> float:
+    return min(10.0, worker_timeout / 4)
+
+
+def _give_up_on_silent_workers(oracle: Any, heard: dict[str, float], worker_timeout: float) -> list[str]:
+    """The chief's watchdog: forget each worker not heard from for ``worker_timeout`` seconds, and
+    end its running trial as FAILED, so that the search finishes with the trials that completed.
+
+    keras-tuner's chief waits until every worker it handed a trial has ended it and asked for
+    the next (keras-tuner#915): a worker killed mid-trial would keep it waiting forever. This is
+    the only place where the chief ends a trial for a worker. A given-up worker that was only
+    slow and reports later still gets its result recorded. Also stops handing out trials after
+    ``_CONSECUTIVE_FAILURES`` failed ones in a row (keras-tuner's own check raises inside the
+    oracle's lock, which would leave the chief hung, so the chief's oracle has it turned off).
+    Call with the oracle's lock held (``keras_tuner.synchronized``); it never raises, which
+    would leave that lock held. Returns the ids given up.
+    """
+    now = time.monotonic()
+    given_up = []
+    for tuner_id in sorted(oracle.tuner_ids):
+        silent = now - heard.setdefault(tuner_id, now)  # registered just now: heard from
+        if silent <= worker_timeout:
+            continue
+        trial = oracle.ongoing_trials.get(tuner_id)
+        if trial is not None:
+            trial.status = "FAILED"
+            trial.message = (f"Worker {tuner_id} was not heard from for {silent:.0f} s (killed, or its machine "
+                             "lost); the chief failed its trial.")
+            try:
+                oracle.end_trial(trial)
+            except Exception as error:  # never leave the oracle's lock held
+                log.warning("Ending trial %s of worker %s failed (%s)", trial.trial_id, tuner_id, error)
+                oracle.ongoing_trials.pop(tuner_id, None)
+        oracle.tuner_ids.discard(tuner_id)
+        given_up.append(tuner_id)
+        log.warning("The chief gave up on worker %s: not heard from for %.0f s%s", tuner_id, silent,
+                    f"; its trial {trial.trial_id} is marked failed" if trial is not None else "")
+    ended = [oracle.trials[t].status for t in oracle.end_order[-_CONSECUTIVE_FAILURES:]]
+    if (len(ended) == _CONSECUTIVE_FAILURES and all(s == "FAILED" for s in ended)
+            and (oracle.max_trials is None or oracle.max_trials > len(oracle.trials))):
+        oracle.max_trials = len(oracle.trials)  # every worker's next request gets STOPPED
+        log.warning("%d trials in a row failed: the chief hands out no more trials", _CONSECUTIVE_FAILURES)
+    return given_up
+
+
+def _no_worker_left(oracle: Any) -> bool:
+    return not oracle.tuner_ids and not oracle.ongoing_trials
+
+
+def _servicer_class() -> type:
+    from keras_tuner.src.distribute.oracle_chief import OracleServicer
+
+    class ChiefServicer(OracleServicer):  # type: ignore[misc]
+        """keras-tuner's oracle service, noting when each worker was last heard from."""
+
+        def __init__(self, oracle: Any, heard: dict[str, float]) -> None:
+            super().__init__(oracle)
+            self.heard = heard
+
+        def _heard_about(self, trial_id: str) -> None:
+            for tuner_id, trial in list(self.oracle.ongoing_trials.items()):
+                if trial.trial_id == trial_id:
+                    self.heard[tuner_id] = time.monotonic()
+
+        def CreateTrial(self, request: Any, context: Any) -> Any:  # gRPC's names
+            response = super().CreateTrial(request, context)
+            self.heard[request.tuner_id] = time.monotonic()  # after: by now the oracle knows this worker
+            return response
+
+        def UpdateTrial(self, request: Any, context: Any) -> Any:
+            self._heard_about(request.trial_id)
+            return super().UpdateTrial(request, context)
+
+        def EndTrial(self, request: Any, context: Any) -> Any:
+            self._heard_about(request.trial.trial_id)
+            return super().EndTrial(request, context)
+
+        def GetTrial(self, request: Any, context: Any) -> Any:  # also the workers' heartbeat
+            self._heard_about(request.trial_id)
+            return super().GetTrial(request, context)
+
+    return ChiefServicer
+
+
+def _serve(oracle: Any, distributed: Distributed, worker_timeout: float) -> None:
+    """The chief: serve ``oracle`` to the workers until none is left, giving up on silent ones.
+
+    Replaces keras-tuner's ``oracle_chief.start_server``, which waits forever for a dead worker and
+    checks for the end every 20 s. The port is bound without ``SO_REUSEPORT`` (gRPC's default sets
+    it), so a chief left over on the same port makes this one fail instead of sharing the port with
+    it and taking half of the new search's requests.
+    """
+    from concurrent import futures
+
+    import grpc
+    from keras_tuner.src import protos
+
+    kt = _keras_tuner()
+    heard: dict[str, float] = {}
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1), options=[("grpc.so_reuseport", 0)])
+    protos.get_service_grpc().add_OracleServicer_to_server(_servicer_class()(oracle, heard), server)
+    try:
+        server.add_insecure_port(distributed.address)
+    except RuntimeError:
+        raise ConfigError(f"The chief cannot listen on {distributed.address}: the port is taken (by a chief left "
+                          "over from another search?). Stop that process, or choose another "
+                          "KERASTUNER_ORACLE_PORT for the chief and the workers.") from None
+    server.start()
+    try:
+        while not (heard and kt.synchronized(_no_worker_left)(oracle)):
+            time.sleep(_POLL)
+            kt.synchronized(_give_up_on_silent_workers)(oracle, heard, worker_timeout)
+    finally:
+        server.stop(grace=1.0)  # the last worker's answer (STOPPED) is still on its way
+
+
+def _deadline_stub(address: str, seconds: float) -> Any:
+    """A stub for the chief's service whose calls wait at most ``seconds`` for the chief, instead of
+    keras-tuner's hour (keras-tuner#990)."""
+    import grpc
+    from keras_tuner.src import protos
+
+    class Deadline(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+        def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+            timeout = seconds if details.timeout is None else min(details.timeout, seconds)
+            return continuation(details._replace(timeout=timeout), request)
+
+    channel = grpc.intercept_channel(grpc.insecure_channel(address), Deadline())
+    return protos.get_service_grpc().OracleStub(channel)
+
+
 def _tuner_class(kind: str) -> type:
     kt = _keras_tuner()
     base = {"random": kt.RandomSearch, "bayesian": kt.BayesianOptimization, "hyperband": kt.Hyperband}[kind]
@@ -111,18 +401,41 @@ def _tuner_class(kind: str) -> type:
     class TransferTuner(base):  # type: ignore[misc, valid-type]
         """Runs each trial as a FineTuner (one or two phases) on shared cached features."""
 
-        def __init__(self, *, data: ImageData, settings: TrialSettings, cache: FeatureCache, **kwargs: Any) -> None:
+        def __init__(self, *, data: ImageData, settings: TrialSettings, cache: FeatureCache,
+                     distributed: Distributed | None, worker_timeout: float, **kwargs: Any) -> None:
             super().__init__(**kwargs)
             self._data, self._settings, self._cache = data, settings, cache
+            self._distributed, self._worker_timeout = distributed, worker_timeout
             self._network: keras.Model | None = None  # the frozen backbone head-only trials share
-            self._times_file = Path(self.project_dir) / "trial_seconds.json"
-            self.trial_seconds: dict[str, float] = (
-                json.loads(self._times_file.read_text()) if self._times_file.is_file() else {})
+            self.ran: list[dict[str, Any]] = []  # the trials this process ran
+            if distributed is not None and not distributed.chief:
+                # keras-tuner's client waits an hour for a chief that is not there (keras-tuner#990)
+                self.oracle.stub = _deadline_stub(distributed.address, worker_timeout)
+
+        def search(self, *fit_args: object, **fit_kwargs: object) -> None:
+            if self._distributed is None or not self._distributed.chief:
+                super().search(*fit_args, **fit_kwargs)
+                return
+            self.oracle.verbose = fit_kwargs.get("verbose", 1)
+            self.save()
+            _serve(self.oracle, self._distributed, self._worker_timeout)
 
         def run_trial(self, trial: keras_tuner.engine.trial.Trial, *args: object, **kwargs: object
                       ) -> dict[str, float]:
             start = time.perf_counter()
-            tuner = self._settings.tuner(trial.hyperparameters.values, cache=self._cache)
+            worker = self._distributed is not None and not self._distributed.chief
+            with (_heartbeat(self.oracle, trial.trial_id, _heartbeat_interval(self._worker_timeout)) if worker
+                  else contextlib.nullcontext()):
+                score = self._train(trial.hyperparameters.values)
+            seconds = time.perf_counter() - start
+            record = {"seconds": seconds, "tuner_id": self.tuner_id, "pid": os.getpid(), "host": socket.gethostname()}
+            write_text_atomic(Path(self.get_trial_dir(trial.trial_id)) / TRIAL_FILE, json.dumps(record))
+            values = {k: v for k, v in trial.hyperparameters.values.items() if not k.startswith("tuner/")}
+            self.ran.append({"trial": trial.trial_id, **values, "score": score, "seconds": seconds})
+            return {"val_accuracy": score}
+
+        def _train(self, values: dict[str, Any]) -> float:
+            tuner = self._settings.tuner(values, cache=self._cache)
             head_only = tuner.fine_tune_phase is None
             if head_only:  # its backbone stays frozen: build it once for the whole search
                 tuner._network = self._network
@@ -135,9 +448,7 @@ def _tuner_class(kind: str) -> type:
                 self._network = backbone_of(tuner.model)
             if not head_only:
                 keras.backend.clear_session()  # each trial builds a new model: free the last one
-            self.trial_seconds[trial.trial_id] = time.perf_counter() - start
-            write_text_atomic(self._times_file, json.dumps(self.trial_seconds))
-            return {"val_accuracy": score}
+            return score
 
     return TransferTuner
 
@@ -147,11 +458,18 @@ class SearchResult:
     """What a search found.
 
     Attributes:
-        rows: One dict per finished trial: ``trial``, the hyperparameter values, ``score``, ``seconds``.
-        best_values: Hyperparameter values of the best trial.
-        best_score: Its validation accuracy.
+        rows: One dict per finished trial: ``trial``, the hyperparameter values, ``score``, ``seconds``
+            (and ``worker``, the tuner id that ran it, in a distributed search's chief). In a worker:
+            the trials this process ran.
+        best_values: Hyperparameter values of the best trial (in a worker: of its own trials; ``{}``
+            when it ran none).
+        best_score: Its validation accuracy (``nan`` in a worker that ran no trial).
         directory: keras-tuner's project folder (run the search again on it to resume).
         settings: What every trial shared (backbone, weights, epochs, seed).
+        role: ``"single"`` (one process), or ``"chief"`` or ``"worker"`` in keras-tuner's distributed search.
+        tuner_id: keras-tuner's id of this process (``None`` in a single process).
+        features: What this process did about the shared head features (a worker, or a search on a
+            disk cache); ``None`` otherwise.
     """
 
     rows: list[dict[str, Any]]
@@ -159,6 +477,9 @@ class SearchResult:
     best_score: float
     directory: Path
     settings: TrialSettings
+    role: str = "single"
+    tuner_id: str | None = None
+    features: SharedFeatures | None = None
 
     def best_tuner(self, *, cache: FeatureCache | bool = True) -> FineTuner:
         """A new, untrained FineTuner with the best trial's configuration (call ``fit`` on it).
@@ -186,6 +507,32 @@ class SearchResult:
         return "\n".join(lines)
 
 
+def _trial_order(trial_id: str) -> int:
+    return int(trial_id) if trial_id.isdigit() else 0
+
+
+def _all_trials(oracle: Any, project: Path, *, distributed: bool) -> list[dict[str, Any]]:
+    """A row per completed trial of the oracle (the chief's or a single process's), with the seconds
+    from the file the process that ran it wrote into the trial's folder."""
+    legacy_file = project / _LEGACY_TIMES
+    legacy = json.loads(legacy_file.read_text()) if legacy_file.is_file() else {}
+    rows = []
+    for trial in sorted(oracle.trials.values(), key=lambda t: _trial_order(t.trial_id)):
+        if trial.status != "COMPLETED" or trial.score is None:
+            continue
+        try:
+            record = json.loads((project / f"trial_{trial.trial_id}" / TRIAL_FILE).read_text())
+        except (OSError, ValueError):
+            record = {"seconds": legacy.get(trial.trial_id, math.nan)}
+        values = {k: v for k, v in trial.hyperparameters.values.items() if not k.startswith("tuner/")}
+        row = {"trial": trial.trial_id, **values, "score": float(trial.score),
+               "seconds": float(record.get("seconds", math.nan))}
+        if distributed:
+            row["worker"] = str(record.get("tuner_id", "?"))
+        rows.append(row)
+    return rows
+
+
 def search(
     data: ImageData,
     backbone: str | BackboneSpec,
@@ -200,8 +547,16 @@ def search(
     overwrite: bool = False,
     seed: int = 0,
     cache: FeatureCache | None = None,
+    worker_timeout: float = WORKER_TIMEOUT,
 ) -> SearchResult:
     """Search the head (and optionally the fine-tune depth and rate) with keras-tuner.
+
+    With keras-tuner's environment variables set (``KERASTUNER_TUNER_ID``, ``KERASTUNER_ORACLE_IP``,
+    ``KERASTUNER_ORACLE_PORT``), this runs as one process of its distributed search, every process
+    with the same arguments and a ``directory`` on a file system they share: the chief serves the
+    oracle and returns the whole search when it is done; a worker runs trials until the oracle has
+    none left and returns its own. Give the workers a ``cache`` with a shared folder: the first one
+    extracts the head features there, the others wait for it and load them.
 
     Args:
         data: Training and validation data (the validation accuracy is the score).
@@ -214,28 +569,75 @@ def search(
             (two-phase trials; slower, since fine-tuning cannot run on the final features).
         directory: keras-tuner's folder. With ``overwrite=False`` an interrupted search resumes.
         cache: Share a feature cache (a new in-memory one by default).
+        worker_timeout: Distributed search: the chief fails the trial of a worker it has not heard from
+            for this many seconds (workers send a heartbeat during trials) and forgets the worker; a
+            worker gives up on a chief that does not answer for this long.
+
+    Raises:
+        SearchError: No trial completed; or, in a worker, the chief did not answer.
     """
     kt = _keras_tuner()
     check_choice("tuner", tuner, TUNERS)
+    if not worker_timeout > 0:
+        raise ConfigError(f"Expected worker_timeout to be a number of seconds above 0. Received: "
+                          f"worker_timeout={worker_timeout!r}.")
+    distributed = Distributed.from_environment()
+    if distributed is not None and overwrite:
+        raise ConfigError("overwrite=True deletes the search folder that the other processes of a distributed "
+                          "search are using. Start a distributed search in a new directory instead.")
     spec = get_backbone(backbone)
     cls = _tuner_class(tuner)
-    budget = {"max_epochs": epochs, "hyperband_iterations": 1} if tuner == "hyperband" else {"max_trials": max_trials}
+    budget: dict[str, Any] = ({"max_epochs": epochs, "hyperband_iterations": 1} if tuner == "hyperband" else
+                              {"max_trials": max_trials})
+    if distributed is not None:  # the chief counts failures itself: see _give_up_on_silent_workers
+        budget["max_consecutive_failed_trials"] = None
     settings = TrialSettings(backbone=spec, weights=weights, epochs=epochs,
                              fine_tune_epochs=fine_tune_epochs if fine_tune else 0, seed=seed)
+    cache = cache or FeatureCache()
+    features = None
+    if distributed is None or not distributed.chief:  # the chief needs no features to serve the oracle
+        features = share_head_features(settings, data, cache)
     runner = cls(
-        data=data, settings=settings, cache=cache or FeatureCache(),
+        data=data, settings=settings, cache=cache, distributed=distributed, worker_timeout=worker_timeout,
         hyperparameters=search_space(fine_tune=fine_tune), objective=kt.Objective("val_accuracy", "max"),
         directory=str(directory), project_name=spec.name.replace(":", "_").replace("/", "_"),
         overwrite=overwrite, seed=seed, **budget,
     )
+    project = Path(runner.project_dir)
+    if distributed is not None and not distributed.chief:
+        return _run_worker(runner, distributed, worker_timeout, features)
     runner.search(verbose=0)
-    rows = []
-    for trial in sorted(runner.oracle.trials.values(), key=lambda t: int(t.trial_id) if t.trial_id.isdigit() else 0):
-        if trial.score is None:
-            continue
-        values = {k: v for k, v in trial.hyperparameters.values.items() if not k.startswith("tuner/")}
-        rows.append({"trial": trial.trial_id, **values, "score": float(trial.score),
-                     "seconds": float(runner.trial_seconds.get(trial.trial_id, float("nan")))})
+    rows = _all_trials(runner.oracle, project, distributed=distributed is not None)
+    if not rows:
+        failed = [t for t in runner.oracle.trials.values() if t.message]
+        reason = f" The last error: {failed[-1].message.strip().splitlines()[-1]}" if failed else ""
+        raise SearchError(f"No trial of the search in {project} completed.{reason}")
     best = runner.oracle.get_best_trials(1)[0]
     return SearchResult(rows=rows, best_values=dict(best.hyperparameters.values), best_score=float(best.score),
-                        directory=Path(runner.project_dir), settings=settings)
+                        directory=project, settings=settings, role="single" if distributed is None else "chief",
+                        tuner_id=None if distributed is None else distributed.tuner_id, features=features)
+
+
+def _run_worker(runner: Any, distributed: Distributed, worker_timeout: float, features: SharedFeatures | None
+                ) -> SearchResult:
+    """Run trials until the chief has none left; the result holds this worker's trials."""
+    import grpc
+
+    try:
+        runner.search(verbose=0)
+    except grpc.RpcError as error:
+        code = error.code()
+        if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
+            raise SearchError(
+                f"Worker {distributed.tuner_id}: the chief at {distributed.address} did not answer within "
+                f"{worker_timeout:g} s ({code.name}). It is not running: not started yet, stopped, or done with a "
+                "search that ended before this worker asked for a trial. Start the chief first, or give the "
+                "workers a longer worker_timeout (--worker-timeout).") from None
+        raise SearchError(f"Worker {distributed.tuner_id}: the chief at {distributed.address} answered with an "
+                          f"error ({code.name}: {error.details()}).") from None
+    rows = runner.ran
+    best = max(rows, key=lambda row: row["score"], default=None)
+    values = {k: v for k, v in best.items() if k not in ("trial", "score", "seconds")} if best else {}
+    return SearchResult(rows=rows, best_values=values, best_score=best["score"] if best else math.nan,
+                        directory=Path(runner.project_dir), settings=runner._settings, role="worker",
+                        tuner_id=distributed.tuner_id, features=features)

@@ -8,6 +8,7 @@
     transferkit demo [--out DIR]
     transferkit lr-find DATA_DIR --backbone NAME --weights W [--phase head|fine-tune] [--out DIR]
     transferkit tune DATA_DIR --backbone NAME --weights W [--max-trials 20] [--tuner random|bayesian|hyperband]
+                     [--cache DIR] [--worker-timeout S]   (KERASTUNER_* set: chief or worker of a distributed search)
     transferkit evaluate RUN_DIR DATA_DIR [--tta N [--no-flip]] [--json]
     transferkit predict RUN_DIR|EXPORT IMAGE_OR_DIR [--top-k 3] [--tta N [--no-flip]] [--json]
     transferkit export RUN_DIR --out PATH [--format saved_model|tflite|onnx]
@@ -25,6 +26,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,11 +37,13 @@ if TYPE_CHECKING:
 
     from transferkit import BackboneSpec, FeatureCache, FreezePolicy, ImageData, Phase
     from transferkit._cache_plan import FeatureSet
+    from transferkit._tuning import Distributed
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from transferkit._atomic import RunLock, remove_stale_temporaries, write_text_atomic
 from transferkit._finetuner import DEFAULT_BACKBONE, REFIT_MAX_IMAGES
+from transferkit._multiworker import cluster_spec, is_chief, strategy_from_environment
 
 CHECKPOINT_DIR = "checkpoint"  # in RUN_DIR while `transferkit train` runs: what a rerun resumes from
 
@@ -259,6 +263,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import transferkit as tk
 
     o = _train_options(args)
+    # TF_CONFIG naming a cluster: every worker runs this command; the strategy comes first, before
+    # TensorFlow runs anything else, and only the chief writes RUN_DIR
+    cluster = cluster_spec()
+    strategy = strategy_from_environment() if cluster is not None else None
+    chief = cluster is None or is_chief(cluster)
     cache = _feature_cache(o["cache"]) if o["cache"] is not None else None
     spec, data = _training_data(o)
     head_phase = tk.HEAD_PHASE
@@ -288,8 +297,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
                          keep_best=not _flag(o, "keep_last"),
                          refit=_refit_choice(o["refit"]), temperature_scaling=_flag(o, "calibrate"),
                          cache=cache if cache is not None else True,
-                         distribute=None if o["distribute"] in (None, "none") else str(o["distribute"]))
-    out = Path(o["out"])
+                         distribute=strategy or (None if o["distribute"] in (None, "none") else str(o["distribute"])))
+    if cluster is not None:
+        task = cluster["task"]
+        print(f"Multi-worker training (TF_CONFIG): this is {task['type']} {task['index']}; "
+              + (f"it writes {o['out']}" if chief else "the chief writes the run, this worker keeps nothing"))
+    out = Path(o["out"]) if chief else Path(tempfile.mkdtemp(prefix="transferkit-worker-"))
+    try:
+        return _train_into(args, tuner, data, spec, o, out, cache, head_phase, chief)
+    finally:
+        if not chief:  # it trained in step with the chief (same steps, saves and report) into a scratch folder
+            shutil.rmtree(out, ignore_errors=True)
+
+
+def _train_into(args: argparse.Namespace, tuner: Any, data: Any, spec: BackboneSpec, o: dict[str, Any], out: Path,
+                cache: Any, head_phase: Any, chief: bool) -> int:
     with RunLock(out):  # a second `transferkit train --out` on this folder stops with one line
         remove_stale_temporaries(out)  # half-written files of a killed run: never loaded, removed
         checkpoint = out / CHECKPOINT_DIR
@@ -317,7 +339,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"Calibrated the probabilities: {tuner.calibration.describe()}.")
     if "validation" in metrics:
         print(f"Validation accuracy: {metrics['validation']['accuracy']:.4f}")
-    print(f"Saved the model, metrics.json and plots to {out}")
+    print(f"Saved the model, metrics.json and plots to {out}" if chief else "Done; the chief saved the run.")
     return 0
 
 
@@ -400,31 +422,68 @@ def _refit_choice(value: Any) -> bool | str:
 
 def _cmd_tune(args: argparse.Namespace) -> int:
     import transferkit as tk
+    from transferkit._tuning import Distributed
 
+    distributed = Distributed.from_environment()  # keras-tuner's variables: chief or worker, else None
+    if not args.worker_timeout > 0:
+        raise _UsageError(f"--worker-timeout {args.worker_timeout:g}: expected a number of seconds above 0.")
     spec = tk.get_backbone(args.backbone or DEFAULT_BACKBONE)
     weights = _weights(args.weights)
     seeded = {} if args.seed is None else {"seed": args.seed}  # else the library's default seed
     options = {"image_size": args.image_size or spec.input_size, **seeded}
     if args.batch_size is not None:
         options["batch_size"] = args.batch_size
-    data = tk.load_folder(args.data_dir, progress=True, **options)
     out = Path(args.out)
-    with RunLock(out):  # a second `transferkit tune --out` on this folder stops with one line
-        remove_stale_temporaries(out)
-        return _search(args, data, spec, weights, seeded, out)
+    # Distributed, the workers share one disk cache: the first extracts the features, the others load them.
+    folder = args.cache if args.cache is not None else out / "features" if distributed is not None else None
+    cache = _feature_cache(folder) if folder is not None else tk.FeatureCache()
+    data = tk.load_folder(args.data_dir, progress=True, **options)
+    if distributed is not None and not distributed.chief:
+        # A worker writes only its trials' folders in RUN_DIR/search (and the shared cache), so RUN_DIR's
+        # lock is the chief's; a lock per worker id keeps two workers from running as the same id (the
+        # oracle would hand both the same trial).
+        lock = RunLock(out / "search" / ".workers" / re.sub(r"[^\w.-]", "_", distributed.tuner_id))
+        try:
+            lock.acquire()
+        except tk.RunInUseError:
+            raise tk.RunInUseError(f"Another process is already worker {distributed.tuner_id} of the search in "
+                                   f"{out} ({lock.directory} is locked): give each worker its own "
+                                   "KERASTUNER_TUNER_ID (tuner0, tuner1, …).") from None
+        with lock:
+            return _search(args, data, spec, weights, seeded, out, cache, distributed)
+    with RunLock(out):  # a second `transferkit tune --out` (or chief) on this folder stops with one line
+        if distributed is None:  # (a chief's workers may be writing temporaries in out/ right now)
+            remove_stale_temporaries(out)
+        return _search(args, data, spec, weights, seeded, out, cache, distributed)
 
 
 def _search(args: argparse.Namespace, data: Any, spec: BackboneSpec, weights: str | None, seeded: dict[str, Any],
-            out: Path) -> int:
+            out: Path, cache: FeatureCache, distributed: Distributed | None) -> int:
     import transferkit as tk
     from transferkit.report import plot_scores
 
-    cache = tk.FeatureCache()
-    resumed = (out / "search").is_dir()
-    print(f"{'Resuming' if resumed else 'Starting'} a {args.tuner} search of {args.max_trials} trials over the head"
-          f"{' and the fine-tune depth' if args.fine_tune else ''} of {spec.name} ({out / 'search'})")
+    what = (f"a {args.tuner} search of {args.max_trials} trials over the head"
+            f"{' and the fine-tune depth' if args.fine_tune else ''} of {spec.name} ({out / 'search'})")
+    if distributed is None:
+        print(f"{'Resuming' if (out / 'search').is_dir() else 'Starting'} {what}")
+    elif distributed.chief:
+        print(f"Chief of {what}: serving the oracle on {distributed.address} to the workers, which run this same "
+              "command with their own KERASTUNER_TUNER_ID (tuner0, tuner1, …)")
+    else:
+        print(f"Worker {distributed.tuner_id} of {what}: asking the chief at {distributed.address} for trials")
     result = tk.search(data, spec, weights=weights, max_trials=args.max_trials, tuner=args.tuner, epochs=args.epochs,
-                       fine_tune=args.fine_tune, directory=out / "search", cache=cache, **seeded)
+                       fine_tune=args.fine_tune, directory=out / "search", cache=cache,
+                       worker_timeout=args.worker_timeout, **seeded)
+    if result.role == "worker":
+        trials = ", ".join(str(row["trial"]) for row in result.rows)
+        seconds = sum(row["seconds"] for row in result.rows)
+        features = result.features.describe() if result.features is not None else "no shared features"
+        print(f"Worker {result.tuner_id} (pid {os.getpid()}) done: ran {len(result.rows)} trial(s)"
+              f"{f' ({trials})' if trials else ''} in {seconds:.1f} s; {features}. The chief writes trials.csv "
+              f"and the best model to {out}")
+        return 0
+    if result.features is not None:
+        print(f"Features: {result.features.describe()}")
     print(result.table())
     result.write_csv(out / "trials.csv")
     plot_scores(result, out / "search_scores.png")
@@ -432,6 +491,9 @@ def _search(args: argparse.Namespace, data: Any, spec: BackboneSpec, weights: st
           + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                       for k, v in result.best_values.items() if not k.startswith("tuner/")))
     best = result.best_tuner(cache=cache)
+    if cache.directory is not None:
+        line = _features_line(cache, {"refit": "auto", "weights": args.weights}, spec, data, best.head_phase)
+        print(f"Retraining the best trial. {line}")
     best.fit(data, verbose=0)
     best.save(out)
     best.write_report(data, out)
@@ -549,7 +611,7 @@ def _show_warning(message: Warning | str, category: type[Warning], *args: object
 def _build_parser() -> argparse.ArgumentParser:
     from transferkit._demo import IMAGE_SIZE, PER_CLASS, SEED
     from transferkit._metrics import TOP_K
-    from transferkit._tuning import EPOCHS, MAX_TRIALS, TUNERS
+    from transferkit._tuning import EPOCHS, MAX_TRIALS, TUNERS, WORKER_TIMEOUT
     from transferkit.export import FORMATS as EXPORT_FORMATS
     from transferkit.export import QUANTIZATIONS
 
@@ -637,6 +699,13 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--out", default="tune", help="run folder; running again on it resumes the search")
+    p.add_argument("--cache", metavar="DIR", help="keep the backbone features in this folder and load them from it "
+                                                  "(default: in memory; in a distributed search OUT/features, which "
+                                                  "the workers share)")
+    p.add_argument("--worker-timeout", type=float, default=WORKER_TIMEOUT, metavar="SECONDS",
+                   help="distributed search (KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT "
+                        "set): the chief fails the trial of a worker it has not heard from for this long, and a "
+                        f"worker gives up on a chief that does not answer for this long (default {WORKER_TIMEOUT:g})")
     p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("lr-find", help="sweep the learning rate and suggest one (writes lr_find.png)")

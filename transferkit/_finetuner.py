@@ -41,7 +41,15 @@ from transferkit._inference import (
 )
 from transferkit._lr_find import LearningRateSweep, constant_rate_optimizer, sweep, sweep_batches, sweep_values
 from transferkit._metrics import Evaluation, Predictions, evaluate_outputs
-from transferkit._model import assemble_model, backbone_of, build_model, model_parts
+from transferkit._model import (
+    MIXED_PRECISION,
+    assemble_model,
+    backbone_of,
+    build_model,
+    computes_in_float16,
+    dtype_policy,
+    model_parts,
+)
 from transferkit._phases import FINE_TUNE_PHASE, HEAD_PHASE, Phase, steps_per_epoch
 from transferkit._saving import FORMAT, RunMetadata, load_run, save_run
 from transferkit._selection import BestEpoch, BestWeights, Divergence, DivergenceGuard, Refit, Snapshot
@@ -154,6 +162,16 @@ class FineTuner:
             and every phase compiled and trained in its scope; a batch of the data is the
             global batch, split across the replicas, so the loss and the gradients are those of
             one device on the same batch. See docs/scaling.md.
+        mixed_precision: Build the model under Keras' ``"mixed_float16"`` dtype policy: layers
+            compute in float16, variables stay float32, the output layer (and so softmax, sigmoid
+            and the loss) runs in float32, and every optimizer is wrapped in a
+            ``keras.optimizers.LossScaleOptimizer``. Faster and lighter on GPUs with float16
+            units; on a CPU it works but runs slower. A saved run keeps the policy of its layers.
+            See docs/scaling.md.
+        jit_compile: ``True``: compile the training, evaluation and prediction steps of every
+            phase and the feature extraction with XLA; ``False``: never. ``"auto"`` (default)
+            leaves it to Keras: off on a CPU (where XLA was measured slower) and under a
+            distribution strategy, on where a GPU is present.
 
     Example:
         >>> data = load_folder("photos", image_size=224)
@@ -182,9 +200,22 @@ class FineTuner:
         refit: bool | str = "auto",
         temperature_scaling: bool = True,
         distribute: str | tf.distribute.Strategy | None = None,
+        mixed_precision: bool = False,
+        jit_compile: bool | str = "auto",
     ) -> None:
         self.spec = get_backbone(backbone)
         self.strategy = _strategy(distribute)
+        if not isinstance(mixed_precision, bool):
+            raise ConfigError(f"Expected mixed_precision to be True or False. Received: "
+                              f"mixed_precision={mixed_precision!r}.")
+        if not (isinstance(jit_compile, bool) or jit_compile == "auto"):
+            raise ConfigError(f'Expected jit_compile to be True, False or "auto". '
+                              f"Received: jit_compile={jit_compile!r}.")
+        self.mixed_precision = mixed_precision
+        self.jit_compile = jit_compile
+        if mixed_precision and not tf.config.list_physical_devices("GPU"):
+            log.warning("mixed_precision=True is meant for GPUs: this machine has none, and float16 runs slower "
+                        "than float32 on a CPU.")
         self.weights = weights
         if image_size is not None:
             self.spec.check_size(image_size)
@@ -270,11 +301,12 @@ class FineTuner:
             keras.utils.set_random_seed(self.seed)
         self.head = self.head or Head()
         network = self._network
-        if network is not None and self.image_size in (None, int(network.input_shape[1])):
-            self.model = assemble_model(self.spec, network, num_outputs=n, head=self.head)
-        else:
-            self.model = build_model(self.spec, num_outputs=n, weights=self.weights, head=self.head,
-                                     image_size=self.image_size)
+        with dtype_policy(MIXED_PRECISION if self.mixed_precision else None):
+            if network is not None and self.image_size in (None, int(network.input_shape[1])):
+                self.model = assemble_model(self.spec, network, num_outputs=n, head=self.head)
+            else:
+                self.model = build_model(self.spec, num_outputs=n, weights=self.weights, head=self.head,
+                                         image_size=self.image_size)
         self._trained = False
         self.image_size = int(self.model.input_shape[1])
         log.info("Built %s (%s weights) at %d px with %d outputs", self.spec.name,
@@ -483,6 +515,8 @@ class FineTuner:
         plan = plan_cache(model, batches.data, self.cache, augment_views=self.augment_views, callbacks=callbacks)
         if plan is None or batches.data is None or self.cache is None:
             return model, batches.train, batches.validation
+        if self.jit_compile != "auto":  # the extractor is never compiled: else Keras' "auto" decides for it
+            plan.extractor.jit_compile = bool(self.jit_compile)
         train_ds, val_ds, hit = cached_datasets(plan, batches.data, self.cache, progress=verbose not in (0, False))
         log.info("Phase %s trains on cached features (%s): the frozen layers below run once, not every "
                  "epoch. FineTuner(cache=False) turns this off.", name, plan.where)
@@ -552,7 +586,8 @@ class FineTuner:
         chosen.policy.apply(model, self.spec, clamp=True)
         own = dataclasses.replace(batches, train=sweep_batches(batches.train, batches.data))
         trained, train_ds, _ = self._what_trains(f"{phase} (learning-rate sweep)", model, own, (), 0)
-        trained.compile(optimizer=constant_rate_optimizer(chosen.make_optimizer(1)), loss=self._head().loss())
+        trained.compile(optimizer=self._scaled(trained, constant_rate_optimizer(chosen.make_optimizer(1))),
+                        loss=self._head().loss(), jit_compile=self.jit_compile)
         try:
             rates, losses = sweep(trained, train_ds, start=start, end=end, steps=steps, beta=beta,
                                   stop_factor=stop_factor)
@@ -577,9 +612,22 @@ class FineTuner:
     def _compile(self, model: keras.Model, phase: Phase, train: tf.data.Dataset) -> None:
         head = self._head()
         dense = phase.dense_labels and head.task == "single_label"
-        model.compile(optimizer=self._optimizer(phase, steps_per_epoch(train)),
+        model.compile(optimizer=self._scaled(model, self._optimizer(phase, steps_per_epoch(train))),
                       loss=head.loss(label_smoothing=phase.label_smoothing, dense_labels=dense),
-                      metrics=head.metrics(dense_labels=dense, label_smoothing=phase.label_smoothing))
+                      metrics=head.metrics(dense_labels=dense, label_smoothing=phase.label_smoothing),
+                      jit_compile=self.jit_compile)
+
+    @staticmethod
+    def _scaled(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
+        """``optimizer`` with dynamic loss scaling where ``model`` computes in float16 (mixed precision).
+
+        Keras wraps the optimizer itself only when the compiled model's own policy is mixed_float16;
+        the head and the part above a feature cache are compiled on their own, the latter built outside
+        that policy, so transferkit wraps wherever a layer computes in float16.
+        """
+        if computes_in_float16(model) and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            return keras.optimizers.LossScaleOptimizer(optimizer)
+        return optimizer
 
     def _optimizer(self, phase: Phase, steps: int) -> keras.optimizers.Optimizer:
         """The phase's optimizer; with ``lr_decay`` < 1 one per trainable block group, the rate falling
@@ -722,6 +770,9 @@ class FineTuner:
             "fine_tune_phase": repr(self.fine_tune_phase), "class_weight": repr(self.class_weight),
             "seed": self.seed, "augment_views": self.augment_views, "keep_best": self.keep_best,
             "refit": self.refit, "temperature_scaling": self.temperature_scaling, "data": data,
+            # float16 layers and a loss-scaled optimizer (more optimizer variables); only when on, so that
+            # checkpoints written before the option existed still resume. XLA changes neither: not recorded.
+            **({"mixed_precision": True} if self.mixed_precision else {}),
         }
 
     def _refit_data(self, train: TrainData, validation: ValidationData | None, *, fresh: bool) -> ImageData | None:
@@ -967,6 +1018,7 @@ class FineTuner:
         tuner = cls(backbone, weights=meta.weights, class_names=meta.class_names,
                     head=Head.from_config(meta.head), image_size=meta.image_size)
         tuner.model = model
+        tuner.mixed_precision = computes_in_float16(model)  # the layers keep their saved policy
         tuner._trained = True
         tuner.resize, tuner.background, tuner.history = meta.resize, meta.background, meta.history
         if meta.best is not None:  # the saved weights are the best ones: later phases have to beat them

@@ -9,7 +9,9 @@ positions.
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +27,7 @@ PREPROCESSOR = "preprocess"
 BACKBONE = "backbone"
 HEAD = "head"
 INPUT = "image"
+MIXED_PRECISION = "mixed_float16"  # float16 compute, float32 variables (see FineTuner(mixed_precision=…))
 
 
 @dataclass(frozen=True)
@@ -129,3 +132,30 @@ def assemble_model(spec: BackboneSpec, net: keras.Model, *, num_outputs: int, he
     # layers non-trainable instead (see _freezing.py), which Keras 3 honours in every mode.
     features = net(Preprocess(spec.preprocessing, name=PREPROCESSOR)(inputs))
     return keras.Model(inputs, top(features), name="transferkit_" + re.sub(r"\W", "_", spec.name)[-60:])
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str | None) -> Iterator[None]:
+    """Build layers under the Keras dtype policy ``name`` (``None``: the current one), restoring the
+    previous policy afterwards: layers keep the policy they were built with, the process does not."""
+    if name is None:
+        yield
+        return
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _all_layers(layer: keras.layers.Layer) -> Iterator[keras.layers.Layer]:
+    yield layer
+    for child in getattr(layer, "layers", ()):  # nested models
+        yield from _all_layers(child)
+
+
+def computes_in_float16(model: keras.Model) -> bool:
+    """Whether any layer of ``model`` (nested models opened) computes in float16: a mixed-precision
+    model, whose training needs loss scaling."""
+    return any(layer.compute_dtype == "float16" for layer in _all_layers(model))

@@ -116,6 +116,8 @@ def _train_defaults() -> dict[str, Any]:
         "out": "run",
         "cache": None,  # a folder: the head phase's features are kept there across runs (`transferkit extract`)
         "distribute": None,  # "mirrored": every local GPU (tf.distribute.MirroredStrategy)
+        "mixed_precision": False,  # FineTuner(mixed_precision=True): float16 compute, for GPUs
+        "xla": False,  # True: FineTuner(jit_compile=True); else Keras decides (off on a CPU, on with a GPU)
     }
 
 
@@ -297,7 +299,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                          keep_best=not _flag(o, "keep_last"),
                          refit=_refit_choice(o["refit"]), temperature_scaling=_flag(o, "calibrate"),
                          cache=cache if cache is not None else True,
-                         distribute=strategy or (None if o["distribute"] in (None, "none") else str(o["distribute"])))
+                         distribute=strategy or (None if o["distribute"] in (None, "none") else str(o["distribute"])),
+                         mixed_precision=_flag(o, "mixed_precision"), jit_compile=True if _flag(o, "xla") else "auto")
     if cluster is not None:
         task = cluster["task"]
         print(f"Multi-worker training (TF_CONFIG): this is {task['type']} {task['index']}; "
@@ -665,6 +668,11 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distribute", choices=["none", "mirrored"],
                    help="mirrored: train on every local GPU at once (tf.distribute.MirroredStrategy; --batch-size "
                         "is the global batch)")
+    p.add_argument("--mixed-precision", action="store_true", default=None,
+                   help="compute in float16, keep variables float32 (Keras mixed_float16; for GPUs: slower on a CPU)")
+    p.add_argument("--xla", action="store_true", default=None,
+                   help="compile the training and prediction steps with XLA (jit_compile=True; without it Keras "
+                        "decides: off on a CPU, on with a GPU)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("extract", help="store the features `train --cache DIR` trains its head on, in parallel "

@@ -62,7 +62,7 @@ def test_two_workers_train_in_step_and_only_the_chief_writes_the_run(tmp_path, c
     assert [worker.returncode for worker in workers] == [0, 0], printed
     assert "this is worker 0; it writes" in printed[0] and "Saved the model" in printed[0]
     assert "this is worker 1; the chief writes the run" in printed[1] and "Done; the chief saved the run." in printed[1]
-    assert "over 2 replica(s)" in printed[0]
+    assert "Distributed with MultiWorkerMirroredStrategy over 2 replica(s)" in printed[0]
     assert (run / "model.keras").is_file() and not (run / "checkpoint").exists()
     assert main(["evaluate", str(run), str(folder), "--json"]) == 0
     assert 0 <= json.loads(capsys.readouterr().out)["accuracy"] <= 1

@@ -325,7 +325,12 @@ def _train_into(args: argparse.Namespace, tuner: Any, data: Any, spec: BackboneS
               f"classes: {', '.join(data.class_names)}")
         if tuner.strategy is not None:
             devices = ", ".join(tuner.strategy.extended.worker_devices)
-            print(f"Distributed with {type(tuner.strategy).__name__} over {tuner.strategy.num_replicas_in_sync} "
+            import tensorflow as tf
+
+            kind = ("MultiWorkerMirroredStrategy"  # TensorFlow's class is called CollectiveAllReduceStrategy
+                    if isinstance(tuner.strategy, tf.distribute.MultiWorkerMirroredStrategy)
+                    else type(tuner.strategy).__name__)
+            print(f"Distributed with {kind} over {tuner.strategy.num_replicas_in_sync} "
                   f"replica(s) ({devices}); a batch of {data.settings.batch_size} is split between them")
         if cache is not None:
             print(_features_line(cache, o, spec, data, head_phase))

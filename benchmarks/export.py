@@ -18,11 +18,9 @@ from __future__ import annotations
 import argparse
 import gzip
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,15 +32,11 @@ VARIANTS = (("saved_model", "none"), ("hub", "none"), ("onnx", "none"), ("tflite
 BATCH = 32
 
 
-def _per_image_ms(call, batch: np.ndarray, repeats: int = 5) -> float:
-    """Median milliseconds per image of ``call(batch)`` over ``repeats`` calls, after one warm-up call."""
-    call(batch)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call(batch)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000 / len(batch)
+def _per_image_ms(call, batch: np.ndarray) -> float:
+    """Median milliseconds per image of ``call(batch)`` over 5 calls, after one warm-up call."""
+    from transferkit.export import _latency
+
+    return _latency(call, batch, runs=5, warmup=1) / len(batch)
 
 
 def _keras_batch(run: Path, test: Path, size: int) -> tuple[np.ndarray, float]:

@@ -1146,12 +1146,13 @@ def _accuracy(tuner: FineTuner, outputs: np.ndarray, labels: np.ndarray | None) 
     return float(np.mean(outputs.argmax(axis=1) == labels))
 
 
-def _latency(run: Callable[[np.ndarray], Any], image: np.ndarray) -> float:
-    """Median milliseconds of ``run(image)`` over :data:`LATENCY_RUNS` runs, after three warm-up runs."""
-    for _ in range(3):
+def _latency(run: Callable[[np.ndarray], Any], image: np.ndarray, *, runs: int = LATENCY_RUNS,
+             warmup: int = 3) -> float:
+    """Median milliseconds of ``run(image)`` over ``runs`` runs (:data:`LATENCY_RUNS`), after ``warmup`` runs."""
+    for _ in range(warmup):
         run(image)
     times = []
-    for _ in range(LATENCY_RUNS):
+    for _ in range(runs):
         start = time.perf_counter()
         run(image)
         times.append(time.perf_counter() - start)

@@ -569,3 +569,36 @@ def test_gradual_unfreezing_opens_one_more_block_per_stage(image_folder, caplog)
                                       FAST_HEAD.epochs + 4)  # a stage's end or the head's
     with pytest.raises(tk.ConfigError, match="gradual"):
         tk.Phase(epochs=2, learning_rate=1e-4, policy=tk.UnfreezeAll(), gradual=True)
+
+
+def test_the_head_phase_averages_copies_of_a_linear_head_and_says_when_it_cannot(image_folder, caplog):
+    data = tk.load_folder(image_folder, image_size=32, validation_split=0.25, batch_size=8)
+    tuner = _tuner(head_phase=dataclasses.replace(FAST_HEAD, heads=3), fine_tune_phase=None,
+                   temperature_scaling=False)
+    with caplog.at_level(logging.INFO, logger="transferkit"):
+        history = tuner.fit(data, verbose=0)
+    assert "Phase head trains 3 copies of the head side by side" in caplog.text
+    assert len(history["head"]["loss"]) == FAST_HEAD.epochs
+    # the validation figures logged each epoch are those of the average, which the model now holds
+    evaluation = tuner.evaluate(data)
+    assert evaluation.accuracy == pytest.approx(history["head"]["val_accuracy"][-1], abs=1e-6)
+    assert evaluation.loss == pytest.approx(history["head"]["val_loss"][-1], rel=1e-4)
+    assert evaluation.accuracy >= 0.8
+    caplog.clear()
+    tuner = _tuner(head_phase=dataclasses.replace(FAST_HEAD, heads=3, epochs=1),
+                   fine_tune_phase=dataclasses.replace(FAST_TUNE, heads=3, epochs=1))
+    with caplog.at_level(logging.INFO, logger="transferkit"):
+        tuner.fit(data, verbose=0)
+    assert "Phase fine_tune trains one head, not 3 averaged copies" in caplog.text  # blocks train with it
+    caplog.clear()
+    hidden = _tuner(head=tk.Head(hidden_units=(8,)), head_phase=dataclasses.replace(FAST_HEAD, heads=3, epochs=1),
+                    fine_tune_phase=None)
+    with caplog.at_level(logging.INFO, logger="transferkit"):
+        hidden.fit(data, verbose=0)
+    assert "Phase head trains one head, not 3 averaged copies" in caplog.text
+    caplog.clear()
+    mirrored = _tuner(head_phase=dataclasses.replace(FAST_HEAD, heads=3, epochs=1), fine_tune_phase=None,
+                      distribute="mirrored")
+    with caplog.at_level(logging.INFO, logger="transferkit"):
+        mirrored.fit(data, verbose=0)
+    assert "not trained under a distribution strategy" in caplog.text

@@ -7,6 +7,7 @@ import dataclasses
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import transferkit as tk
 
@@ -160,3 +161,50 @@ def test_head_rejects_bad_options(kwargs, match):
 def test_single_label_head_needs_two_classes():
     with pytest.raises(tk.ConfigError, match="at least 2 classes"):
         tk.build_model("tiny_cnn", num_outputs=1, weights=None)
+
+
+def _linear_head(dim: int, classes: int, dropout: float) -> keras.Model:
+    return tk.Head(dropout=dropout).build_model((2, 2, dim), classes, name="head")
+
+
+def test_head_copies_train_independently_and_fold_into_one_dense_layer():
+    from transferkit._members import fold_members, members_model, repeat_labels
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(24, 2, 2, 6)).astype("float32")
+    labels = rng.integers(0, 3, size=24)
+    head = _linear_head(6, 3, dropout=0.0)
+    keras.utils.set_random_seed(1)
+    copies = members_model(head, 3)
+    layer = copies.get_layer("head_members")
+    start = layer.kernel.numpy().copy()
+    assert not np.allclose(start[0], start[1])  # each copy starts from its own initialisation
+    batches = tf.data.Dataset.from_tensor_slices((features, labels)).batch(8)
+    copies.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
+    assert copies.predict(features[:4], verbose=0).shape == (4, 3)  # inference: the average
+    assert copies(features[:4], training=True).shape == (12, 3)  # training: every copy on every image
+    copies.fit(repeat_labels(batches, 3), epochs=3, verbose=0, shuffle=False)
+    # each copy followed exactly the path it would have trained alone (Adam ignores the loss's 1/3)
+    for j in range(3):
+        alone = _linear_head(6, 3, dropout=0.0)
+        alone.get_layer("head_output").set_weights([start[j], np.zeros(3, "float32")])
+        alone.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
+        alone.fit(batches, epochs=3, verbose=0, shuffle=False)
+        np.testing.assert_allclose(alone.get_layer("head_output").kernel.numpy(), layer.kernel.numpy()[j],
+                                   atol=2e-4)
+    fold_members(copies, head)
+    dense = head.get_layer("head_output")
+    np.testing.assert_allclose(dense.kernel.numpy(), layer.kernel.numpy().mean(axis=0), atol=1e-7)
+    # the folded Dense gives the copies' average logits, which is what the training model infers
+    np.testing.assert_allclose(head.predict(features, verbose=0), copies.predict(features, verbose=0), atol=1e-6)
+
+
+def test_head_copies_apply_to_linear_heads_only():
+    from transferkit._members import members_model
+
+    assert members_model(_linear_head(6, 3, dropout=0.2), 1) is None  # one head: nothing to average
+    assert members_model(_linear_head(6, 3, dropout=0.2), 4) is not None
+    hidden = tk.Head(hidden_units=(8,)).build_model((2, 2, 6), 3, name="head")
+    assert members_model(hidden, 4) is None  # averaging the weights of two-layer heads is no ensemble
+    with pytest.raises(tk.ConfigError, match="heads"):
+        tk.Phase(epochs=1, learning_rate=1e-3, policy=tk.FreezeAll(), heads=0)

@@ -40,6 +40,7 @@ from transferkit._inference import (
     prediction_input,
 )
 from transferkit._lr_find import LearningRateSweep, constant_rate_optimizer, sweep, sweep_batches, sweep_values
+from transferkit._members import FoldMembers, members_model, repeat_labels
 from transferkit._metrics import Evaluation, Predictions, evaluate_outputs
 from transferkit._model import (
     MIXED_PRECISION,
@@ -427,6 +428,9 @@ class FineTuner:
             trained, train_ds, val_ds = self._what_trains(name, model, batches, callbacks, verbose)
         if phase.dense_labels:
             train_ds, val_ds = self._dense_labels(phase, train_ds, val_ds)
+        head, folding = trained, self._copies(name, phase, model, trained)
+        if folding:
+            trained, train_ds = folding[0].trained, repeat_labels(train_ds, phase.heads)
         if trained is not model or phase.dense_labels:
             self._compile(trained, phase, train_ds)
         keeper = BestWeights(model, phase=name, previous=self._best, by_accuracy=self._ranks_by_accuracy(),
@@ -452,8 +456,9 @@ class FineTuner:
                                      recorded, others))
         first = done + (stage.epochs if stage is not None else 0)
         result = trained.fit(train_ds, validation_data=val_ds, epochs=done + phase.epochs, initial_epoch=first,
-                             callbacks=[*callbacks, *own], class_weight=self._resolve_class_weight(),
+                             callbacks=[*folding, *callbacks, *own], class_weight=self._resolve_class_weight(),
                              verbose=verbose, shuffle=False)  # the pipeline shuffles itself
+        trained = head  # the copies are folded into it (FoldMembers)
         ran = {k: [float(v) for v in values] for k, values in result.history.items()}
         self.history[name] = {k: [*recorded.get(k, []), *ran.get(k, [])] for k in (recorded.keys() | ran.keys())}
         self._trained = True
@@ -472,6 +477,25 @@ class FineTuner:
         self._cached_validation = (trained, val_ds) if cached else None
         self._record_stage(model, name, stage)
         return self.history[name]
+
+    def _copies(self, name: str, phase: Phase, model: keras.Model, trained: keras.Model) -> list[FoldMembers]:
+        """The callback that folds ``phase.heads`` copies of the head into it, with the model that trains
+        them (``[]`` for one head, or where copies cannot be averaged)."""
+        if phase.heads <= 1:
+            return []
+        if self.strategy is not None:
+            # Keras builds a distributed model's metrics from its inference output, one row per image,
+            # against the training batches' labels, repeated for every copy
+            log.info("Phase %s trains one head, not %d averaged copies: copies are not trained under a "
+                     "distribution strategy.", name, phase.heads)
+            return []
+        copies = members_model(trained, phase.heads) if trained is not model and phase.mix is None else None
+        if copies is None:
+            log.info("Phase %s trains one head, not %d averaged copies: copies are averaged for a linear head "
+                     "(no hidden layers) trained on cached features alone.", name, phase.heads)
+            return []
+        log.info("Phase %s trains %d copies of the head side by side and keeps their average.", name, phase.heads)
+        return [FoldMembers(copies, trained)]
 
     def _diverged(self, divergence: Divergence, started_trained: bool) -> None:
         """After a phase stopped on a non-finite loss: carry on with good weights, or stop the fit."""

@@ -111,6 +111,7 @@ def _train_defaults() -> dict[str, Any]:
         "mix": None,
         "lr_decay": None,
         "gradual": False,
+        "heads": None,  # None: the head phase's own (5 averaged copies)
         "calibrate": True,
         "seed": None,
         "out": "run",
@@ -293,6 +294,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         fine = dataclasses.replace(fine, lr_decay=_number(o, "lr_decay"))
     if _flag(o, "gradual"):
         fine = dataclasses.replace(fine, gradual=True)
+    if o["heads"] is not None:
+        head_phase = dataclasses.replace(head_phase, heads=o["heads"])
     tuner = tk.FineTuner(spec, weights=_weights(str(o["weights"])), head_phase=head_phase,
                          fine_tune_phase=fine if fine.epochs else None, seed=data.settings.seed,
                          class_weight="balanced" if _flag(o, "balanced") else None,
@@ -658,6 +661,9 @@ def _build_parser() -> argparse.ArgumentParser:
                         "this factor times the rate of the one above (default 1)")
     p.add_argument("--gradual", action="store_true", default=None,
                    help="fine-tune with gradual unfreezing: one more block per stage")
+    p.add_argument("--heads", type=int,
+                   help="copies of a linear head trained side by side in the head phase and averaged into one "
+                        "(default 5; 1 trains one)")
     p.add_argument("--no-calibration", dest="calibrate", action="store_false", default=None,
                    help="skip temperature scaling of the probabilities")
     p.add_argument("--refit", choices=["auto", "always", "never"],

@@ -69,7 +69,7 @@ def copies_accuracy(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np
     model = keras.Model(inputs, layer(inputs))
     batches = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed).batch(32)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
-    model.fit(repeat_labels(batches, copies), epochs=50, verbose=0)
+    model.fit(repeat_labels(batches, copies), epochs=50, verbose=0, shuffle=False)  # shuffled above
     return float(np.mean(np.argmax(model.predict(x_test, verbose=0), axis=1) == y_test))
 
 

@@ -1,11 +1,12 @@
 """Several copies of a linear head trained side by side, kept as their average.
 
 A linear head on few images lands wherever its random initialisation and dropout masks steer
-it: on 134 photos, five seeds of the same head score 0.82–0.94 on one fold. Training ``k``
+it: on 133 photos, five seeds of the same head scored 0.82–0.94 on one fold. Training ``k``
 copies at once (each with its own initialisation and dropout masks, on the same batches) and
-averaging them removes most of that spread. For a linear output layer the average of the
-copies' weights gives exactly the average of their logits, so the ensemble folds into the one
-``Dense`` layer the model already has: the saved model is unchanged in shape and cost.
+averaging them is an ensemble of linear classifiers. For a linear output layer the average of
+the copies' weights gives exactly the average of their logits, so the ensemble folds into the
+one ``Dense`` layer the model already has: the saved model is unchanged in shape and cost
+(docs/benchmarks.md has what it changed in accuracy).
 
 The copies train on cached backbone features, where one step of ``k`` copies costs about what
 one copy costs. The training model outputs every copy's predictions for every image (``k``

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 from conftest import write_image_folder
 
@@ -81,21 +82,24 @@ def test_refit_flag_and_config_key(tmp_path, capsys):
     assert "--refit 'sometimes': expected auto, always or never" in capsys.readouterr().err
     for line, message in (("refit = [1]", "expected auto, always or never"),
                           ('lr_decay = "abc"', "lr_decay = 'abc': expected a number"),
-                          ('calibrate = "no"', "calibrate = 'no': expected true or false")):
+                          ('calibrate = "no"', "calibrate = 'no': expected true or false"),
+                          ("heads = 0", "Expected heads to be an integer >= 1")):
         config.write_text(line + "\n")
         assert main([*common, "--config", str(config), "--out", str(tmp_path / "bad")]) == 2
         error = capsys.readouterr().err
         assert message in error and "Traceback" not in error
 
 
-def test_recipe_flags_smoothing_mixing_calibration_and_tta(tmp_path, capsys):
+def test_recipe_flags_smoothing_mixing_calibration_and_tta(tmp_path, capsys, caplog):
     data = write_image_folder(tmp_path / "data", per_class=6)
     out = tmp_path / "run"
-    assert main(["train", str(data), "--backbone", "tiny_cnn", "--weights", "imagenet", "--epochs", "2",
-                 "--fine-tune-epochs", "2", "--label-smoothing", "0.1", "--mix", "cutmix", "--no-calibration",
-                 "--lr-decay", "0.5", "--gradual", "--unfreeze-blocks", "2", "--refit", "never",
-                 "--out", str(out)]) == 0
+    with caplog.at_level(logging.INFO, logger="transferkit"):
+        assert main(["train", str(data), "--backbone", "tiny_cnn", "--weights", "imagenet", "--epochs", "2",
+                     "--fine-tune-epochs", "2", "--label-smoothing", "0.1", "--mix", "cutmix", "--no-calibration",
+                     "--lr-decay", "0.5", "--gradual", "--unfreeze-blocks", "2", "--refit", "never", "--heads", "3",
+                     "--out", str(out)]) == 0
     assert "Calibrated" not in capsys.readouterr().out
+    assert "Phase head trains 3 copies of the head" in caplog.text
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["calibration"] is None and len(metrics["history"]["fine_tune"]["loss"]) == 2
     assert main(["evaluate", str(out), str(data), "--tta", "3", "--no-flip", "--json"]) == 0

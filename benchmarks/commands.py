@@ -16,26 +16,28 @@ from __future__ import annotations
 
 import argparse
 import re
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import MOBILENET_NOTOP, markdown_table, shared_missing, write_fashion_subset
+from common import (
+    MOBILENET_NOTOP,
+    Run,
+    alternate,
+    markdown_table,
+    median_seconds,
+    shared_missing,
+    timing_row,
+    write_fashion_subset,
+)
 
 HERE = Path(__file__).resolve().parent
 
 
-def timed(command: list[str]) -> tuple[float, float]:
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
-    found = re.findall(r"Validation accuracy: ([0-9.]+)", done.stdout)
-    return seconds, float(found[-1]) if found else float("nan")
+def validation_accuracy(run: Run) -> float:
+    """The last validation accuracy a command printed (NaN if none)."""
+    found = re.findall(r"Validation accuracy: ([0-9.]+)", run[2])
+    return float(found[-1]) if found else float("nan")
 
 
 def main() -> int:
@@ -56,18 +58,11 @@ def main() -> int:
                             "--weights", str(MOBILENET_NOTOP), "--image-size", "96", "--epochs", epochs,
                             "--fine-tune-epochs", "0", "--out", str(Path(tmp) / "tk")],
         }
-        times: dict[str, list[float]] = {name: [] for name in commands}
-        accuracy: dict[str, float] = {}
-        for repeat in range(args.repeats):
-            for name, command in commands.items():
-                seconds, accuracy[name] = timed(command)
-                times[name].append(seconds)
-                print(f"run {repeat + 1}, {name}: {seconds:.1f} s, validation accuracy {accuracy[name]:.3f}",
-                      flush=True)
-    median = {name: statistics.median(values) for name, values in times.items()}
-    rows = [{"command": name, "median wall time": f"{median[name]:.1f} s",
-             "runs": ", ".join(f"{t:.1f}" for t in times[name]), "validation accuracy": f"{accuracy[name]:.3f}",
-             "guide / this": f"{median['guide'] / median[name]:.1f}×"} for name in commands]
+        runs = alternate(commands, args.repeats,
+                         describe=lambda run: f"validation accuracy {validation_accuracy(run):.3f}")
+    guide = median_seconds(runs["guide"])
+    rows = [{**timing_row(name, runs[name]), "validation accuracy": f"{validation_accuracy(runs[name][-1]):.3f}",
+             "guide / this": f"{guide / median_seconds(runs[name]):.1f}×"} for name in commands]
     print()
     print(markdown_table(rows, ["command", "median wall time", "runs", "validation accuracy", "guide / this"]))
     return 0

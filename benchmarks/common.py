@@ -5,10 +5,12 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -82,3 +84,30 @@ def run_timed(command: list[str]) -> tuple[float, float, str]:
         if process.returncode != 0:
             raise SystemExit(f"{' '.join(command)} failed:\n{err.read().decode(errors='replace')[-2000:]}")
         return seconds, usage.ru_maxrss / 1024, out.read().decode(errors="replace")
+
+
+Run = tuple[float, float, str]  # wall seconds, peak RSS in MB, standard output (run_timed)
+
+
+def alternate(commands: dict[str, list[str]], repeats: int, *, before: Callable[[str], None] | None = None,
+              describe: Callable[[Run], str] = lambda run: f"peak RSS {run[1]:.0f} MB"
+              ) -> dict[str, list[Run]]:
+    """Run each command in turn, ``repeats`` rounds, printing one line a run (``before(name)`` first)."""
+    runs: dict[str, list[Run]] = {name: [] for name in commands}
+    for repeat in range(repeats):
+        for name, command in commands.items():
+            if before is not None:
+                before(name)
+            runs[name].append(run_timed(command))
+            print(f"run {repeat + 1}, {name}: {runs[name][-1][0]:.1f} s, {describe(runs[name][-1])}", flush=True)
+    return runs
+
+
+def median_seconds(runs: list[Run]) -> float:
+    return statistics.median(run[0] for run in runs)
+
+
+def timing_row(name: str, runs: list[Run]) -> dict[str, str]:
+    """A table row's command, median wall time and every run's wall time."""
+    return {"command": name, "median wall time": f"{median_seconds(runs):.1f} s",
+            "runs": ", ".join(f"{run[0]:.1f}" for run in runs)}

@@ -17,12 +17,19 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-from common import MOBILENET_NOTOP, markdown_table, run_timed, shared_missing, write_fashion_subset
+from common import (
+    MOBILENET_NOTOP,
+    alternate,
+    markdown_table,
+    median_seconds,
+    shared_missing,
+    timing_row,
+    write_fashion_subset,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -47,19 +54,11 @@ def main() -> int:
                      "--weights", str(MOBILENET_NOTOP), "--image-size", "96", "--max-trials", str(args.trials),
                      "--epochs", epochs, "--out", str(out["tune"])],
         }
-        times: dict[str, list[float]] = {name: [] for name in commands}
-        memory: dict[str, list[float]] = {name: [] for name in commands}
-        for repeat in range(args.repeats):
-            for name, command in commands.items():
-                shutil.rmtree(out[name], ignore_errors=True)  # a fresh search each time, not a resumed one
-                seconds, peak, _ = run_timed(command)
-                times[name].append(seconds)
-                memory[name].append(peak)
-                print(f"run {repeat + 1}, {name}: {seconds:.1f} s, peak RSS {peak:.0f} MB", flush=True)
-    median = {name: statistics.median(values) for name, values in times.items()}
-    rows = [{"command": name, "median wall time": f"{median[name]:.1f} s",
-             "runs": ", ".join(f"{t:.1f}" for t in times[name]), "peak RSS": f"{max(memory[name]):.0f} MB",
-             "this / guide": f"{median[name] / median['guide']:.2f}×"} for name in commands]
+        # a fresh search each time, not a resumed one
+        runs = alternate(commands, args.repeats, before=lambda name: shutil.rmtree(out[name], ignore_errors=True))
+    guide = median_seconds(runs["guide"])
+    rows = [{**timing_row(name, runs[name]), "peak RSS": f"{max(run[1] for run in runs[name]):.0f} MB",
+             "this / guide": f"{median_seconds(runs[name]) / guide:.2f}×"} for name in commands]
     print()
     print(markdown_table(rows, ["command", "median wall time", "runs", "peak RSS", "this / guide"]))
     return 0

@@ -30,7 +30,7 @@ from transferkit._checkpoint import Checkpoint, EpochRecorder, StageResume, assi
 from transferkit._errors import ConfigError, DataError, NotFittedError, TrainingDivergedError, check_choice
 from transferkit._features import FeatureCache, files_digest
 from transferkit._freezing import FreezeState
-from transferkit._heads import Head
+from transferkit._heads import OUTPUT_LAYER, Head
 from transferkit._inference import (
     TestTimeAugmentation,
     evaluation_batches,
@@ -926,7 +926,7 @@ class FineTuner:
     def _output_layer(self) -> keras.layers.Dense:
         model = self._require_model()
         head = model_parts(model).head
-        return (head or model).get_layer("head_output")
+        return (head or model).get_layer(OUTPUT_LAYER)
 
     def _validation_results(self, data: ImageData) -> tuple[Predictions | None, Evaluation | None]:
         """Predictions for the validation files (for the report's grid) and the evaluation, in one pass."""

@@ -15,6 +15,7 @@ from transferkit._errors import ConfigError, check_choice
 
 TASKS = ("single_label", "multi_label", "regression")
 POOLINGS = ("avg", "max")
+OUTPUT_LAYER = "head_output"  # the name of every head's output Dense layer
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,7 +109,7 @@ class Head:
             x = keras.layers.Dropout(self.dropout, name="head_dropout")(x)
         # float32 output keeps softmax/sigmoid stable under mixed precision
         return keras.layers.Dense(
-            num_outputs, activation=self.output_activation, dtype="float32", name="head_output"
+            num_outputs, activation=self.output_activation, dtype="float32", name=OUTPUT_LAYER
         )(x)
 
     def build_model(self, feature_shape: tuple[int | None, ...], num_outputs: int, *, name: str) -> keras.Model:

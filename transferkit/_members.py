@@ -22,7 +22,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-HEAD_OUTPUT = "head_output"
+from transferkit._heads import OUTPUT_LAYER
 
 
 class HeadMembers(keras.layers.Layer):
@@ -66,7 +66,7 @@ def members_model(head: keras.Model, members: int) -> keras.Model | None:
     kinds = (keras.layers.InputLayer, keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D,
              keras.layers.Dropout)
     dense = [layer for layer in head.layers if isinstance(layer, keras.layers.Dense)]
-    if len(dense) != 1 or dense[0].name != HEAD_OUTPUT or any(
+    if len(dense) != 1 or dense[0].name != OUTPUT_LAYER or any(
             not isinstance(layer, (*kinds, keras.layers.Dense)) for layer in head.layers):
         return None
     output = dense[0]
@@ -84,7 +84,7 @@ def fold_members(trained: keras.Model, head: keras.Model) -> None:
     """Write the average of the copies in ``trained`` into ``head``'s output layer."""
     copies = trained.get_layer("head_members")
     assert isinstance(copies, HeadMembers)
-    output = head.get_layer(HEAD_OUTPUT)
+    output = head.get_layer(OUTPUT_LAYER)
     output.kernel.assign(ops.cast(ops.mean(copies.kernel, axis=0), output.kernel.dtype))
     output.bias.assign(ops.cast(ops.mean(copies.bias, axis=0), output.bias.dtype))
 

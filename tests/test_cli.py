@@ -90,6 +90,21 @@ def test_refit_flag_and_config_key(tmp_path, capsys):
         assert message in error and "Traceback" not in error
 
 
+def test_bad_settings_are_reported_before_the_images_are_read(tmp_path, capsys):
+    # the folder does not exist: an error about it would mean the images were looked at first
+    missing = tmp_path / "not-there"
+    refit, calibrate = tmp_path / "refit.toml", tmp_path / "calibrate.toml"
+    refit.write_text('refit = "sometimes"\n')
+    calibrate.write_text('calibrate = "no"\n')
+    for flags, message in ((["--heads", "0"], "Expected heads to be an integer >= 1"),
+                           (["--label-smoothing", "1.5"], "Expected label_smoothing in [0, 1)"),
+                           (["--config", str(refit)], "--refit 'sometimes': expected auto, always or never"),
+                           (["--config", str(calibrate)], "calibrate = 'no': expected true or false")):
+        assert main(["train", str(missing), "--backbone", "tiny_cnn", *flags, "--out", str(tmp_path / "run")]) == 2
+        error = capsys.readouterr().err
+        assert message in error and "not-there" not in error and "Traceback" not in error
+
+
 def test_recipe_flags_smoothing_mixing_calibration_and_tta(tmp_path, capsys, caplog):
     data = write_image_folder(tmp_path / "data", per_class=6)
     out = tmp_path / "run"

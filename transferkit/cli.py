@@ -272,7 +272,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     strategy = strategy_from_environment() if cluster is not None else None
     chief = cluster is None or is_chief(cluster)
     cache = _feature_cache(o["cache"]) if o["cache"] is not None else None
-    spec, data = _training_data(o)
+    # the phases and settings first: a bad value is reported before the images are scanned
     head_phase = tk.HEAD_PHASE
     if o["epochs"] is not None:
         head_phase = dataclasses.replace(head_phase, epochs=o["epochs"])
@@ -296,14 +296,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
         fine = dataclasses.replace(fine, gradual=True)
     if o["heads"] is not None:
         head_phase = dataclasses.replace(head_phase, heads=o["heads"])
+    chosen: dict[str, Any] = dict(
+        class_weight="balanced" if _flag(o, "balanced") else None, keep_best=not _flag(o, "keep_last"),
+        refit=_refit_choice(o["refit"]), temperature_scaling=_flag(o, "calibrate"),
+        mixed_precision=_flag(o, "mixed_precision"), jit_compile=True if _flag(o, "xla") else "auto")
+    spec, data = _training_data(o)
     tuner = tk.FineTuner(spec, weights=_weights(str(o["weights"])), head_phase=head_phase,
                          fine_tune_phase=fine if fine.epochs else None, seed=data.settings.seed,
-                         class_weight="balanced" if _flag(o, "balanced") else None,
-                         keep_best=not _flag(o, "keep_last"),
-                         refit=_refit_choice(o["refit"]), temperature_scaling=_flag(o, "calibrate"),
                          cache=cache if cache is not None else True,
                          distribute=strategy or (None if o["distribute"] in (None, "none") else str(o["distribute"])),
-                         mixed_precision=_flag(o, "mixed_precision"), jit_compile=True if _flag(o, "xla") else "auto")
+                         **chosen)
     if cluster is not None:
         task = cluster["task"]
         print(f"Multi-worker training (TF_CONFIG): this is {task['type']} {task['index']}; "

@@ -11,12 +11,13 @@
            one head, 5 and 20 copies, four seeds each, against the probe (scikit-learn's
            LogisticRegression, C = 1, on standardised features) and scikit-learn's
            LogisticRegressionCV on the raw features (C from 1e-3 to 100 chosen by five-fold
-           cross-validated log loss on the training images); about 3 minutes. --partitions N
+           cross-validated log loss on the training images) and RidgeClassifierCV on the raw
+           features (alpha from 0.01 to 10,000 by its leave-one-out error); about 3 minutes. --partitions N
            repeats it over N different five-fold partitions (the suite's first), the test that
            tells a real difference from the draw of one partition
   suite    the head alone on the cached features of the accuracy suite's fashion50, digits and
-           fashion200 tasks: --copies copies (--seeds seeds each), the probe, and the
-           cross-validated logistic regression (with its fitting time); about 15 minutes
+           fashion200 tasks: --copies copies (--seeds seeds each), the probe, the cross-validated
+           logistic regression and the ridge classifier (with their fitting times); about 15 minutes
 
 Prints the mean test accuracy of each; in process.
 """
@@ -42,6 +43,7 @@ import transferkit as tk
 from transferkit._members import HeadMembers, repeat_labels
 
 POOL = 40_000
+RIDGE_ALPHAS = np.logspace(-2, 4, 13).tolist()  # 0.01 … 10,000
 
 
 def pool_part(tmp: Path) -> None:
@@ -91,7 +93,7 @@ def suite_part(tmp: Path, *, copies_list: list[int], seeds: int) -> None:
     import time
 
     from accuracy import tasks
-    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, RidgeClassifierCV
     from sklearn.preprocessing import StandardScaler
 
     extractor = pooled_features(96)
@@ -108,6 +110,11 @@ def suite_part(tmp: Path, *, copies_list: list[int], seeds: int) -> None:
             results.setdefault("cross-validated C: seconds to fit", []).append(time.perf_counter() - started)
             results.setdefault("logistic regression, C by cross-validation, raw features", []).append(
                 float(np.mean(chosen.predict(x_test) == y_test)))
+            started = time.perf_counter()
+            ridge = RidgeClassifierCV(alphas=RIDGE_ALPHAS).fit(x, y)
+            results.setdefault("ridge: seconds to fit", []).append(time.perf_counter() - started)
+            results.setdefault("ridge classifier, alpha by leave-one-out, raw features", []).append(
+                float(np.mean(ridge.predict(x_test) == y_test)))
             for copies in copies_list:
                 runs = [copies_accuracy(x, y, x_test, y_test, copies=copies, seed=s) for s in range(seeds)]
                 results.setdefault(f"{copies} cop{'y' if copies == 1 else 'ies'}", []).append(float(np.mean(runs)))
@@ -117,7 +124,7 @@ def suite_part(tmp: Path, *, copies_list: list[int], seeds: int) -> None:
 
 
 def stamps5_part(*, partitions: int, copies_list: list[int], seeds: int) -> None:
-    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, RidgeClassifierCV
     from sklearn.preprocessing import StandardScaler
 
     files = tk.scan_folder(SHARED / "data" / "stamps5")
@@ -138,6 +145,9 @@ def stamps5_part(*, partitions: int, copies_list: list[int], seeds: int) -> None
                                           scoring="neg_log_loss").fit(x, y)
             results.setdefault("logistic regression, C by cross-validation, raw features", []).append(
                 float(np.mean(chosen.predict(x_test) == y_test)))
+            ridge = RidgeClassifierCV(alphas=RIDGE_ALPHAS).fit(x, y)
+            results.setdefault("ridge classifier, alpha by leave-one-out, raw features", []).append(
+                float(np.mean(ridge.predict(x_test) == y_test)))
             for copies in copies_list:
                 runs = [copies_accuracy(x, y, x_test, y_test, copies=copies, seed=s) for s in range(seeds)]
                 results.setdefault(f"{copies} cop{'y' if copies == 1 else 'ies'}", []).append(float(np.mean(runs)))

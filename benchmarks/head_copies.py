@@ -14,10 +14,11 @@
            cross-validated log loss on the training images) and RidgeClassifierCV on the raw
            features (alpha from 0.01 to 10,000 by its leave-one-out error); about 3 minutes. --partitions N
            repeats it over N different five-fold partitions (the suite's first), the test that
-           tells a real difference from the draw of one partition
+           tells a real difference from the draw of one partition. Both parts print the two
+           solvers' fitting times
   suite    the head alone on the cached features of the accuracy suite's fashion50, digits and
            fashion200 tasks: --copies copies (--seeds seeds each), the probe, the cross-validated
-           logistic regression and the ridge classifier (with their fitting times); about 15 minutes
+           logistic regression and the ridge classifier; about 15 minutes
 
 Prints the mean test accuracy of each; in process.
 """
@@ -89,70 +90,61 @@ def features_of(folder: Path, size: int, extractor: keras.Model) -> tuple[np.nda
     return extractor.predict(data.train_ordered, verbose=0), labels
 
 
-def suite_part(tmp: Path, *, copies_list: list[int], seeds: int) -> None:
+def score_heads(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, results: dict[str, list[float]],
+                *, copies_list: list[int], seeds: int) -> None:
+    """Append to ``results`` the test accuracy of every head on one task, and the solvers' fitting times."""
     import time
 
-    from accuracy import tasks
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, RidgeClassifierCV
     from sklearn.preprocessing import StandardScaler
+
+    def score(name: str, predicted: np.ndarray) -> None:
+        results.setdefault(name, []).append(float(np.mean(predicted == y_test)))
+
+    scaler = StandardScaler().fit(x)
+    score("probe", LogisticRegression(C=1.0, max_iter=2000).fit(scaler.transform(x), y).predict(
+        scaler.transform(x_test)))
+    for name, solver in (("logistic regression, C by cross-validation, raw features",
+                          LogisticRegressionCV(Cs=np.logspace(-3, 2, 11).tolist(), cv=5, max_iter=3000,
+                                               scoring="neg_log_loss")),
+                         ("ridge classifier, alpha by leave-one-out, raw features",
+                          RidgeClassifierCV(alphas=RIDGE_ALPHAS))):
+        started = time.perf_counter()
+        solver.fit(x, y)
+        results.setdefault(f"{name.split(',')[0]}: seconds to fit", []).append(time.perf_counter() - started)
+        score(name, solver.predict(x_test))
+    for copies in copies_list:
+        runs = [copies_accuracy(x, y, x_test, y_test, copies=copies, seed=s) for s in range(seeds)]
+        results.setdefault(f"{copies} cop{'y' if copies == 1 else 'ies'}", []).append(float(np.mean(runs)))
+
+
+def suite_part(tmp: Path, *, copies_list: list[int], seeds: int) -> None:
+    from accuracy import tasks
 
     extractor = pooled_features(96)
     for dataset in ("fashion50", "digits", "fashion200"):
         results: dict[str, list[float]] = {}
         for train_dir, test_dir, _ in tasks(dataset, tmp):
             (x, y), (x_test, y_test) = features_of(train_dir, 96, extractor), features_of(test_dir, 96, extractor)
-            scaler = StandardScaler().fit(x)
-            probe = LogisticRegression(C=1.0, max_iter=2000).fit(scaler.transform(x), y)
-            results.setdefault("probe", []).append(float(np.mean(probe.predict(scaler.transform(x_test)) == y_test)))
-            started = time.perf_counter()
-            chosen = LogisticRegressionCV(Cs=np.logspace(-3, 2, 11).tolist(), cv=5, max_iter=3000,
-                                          scoring="neg_log_loss").fit(x, y)
-            results.setdefault("cross-validated C: seconds to fit", []).append(time.perf_counter() - started)
-            results.setdefault("logistic regression, C by cross-validation, raw features", []).append(
-                float(np.mean(chosen.predict(x_test) == y_test)))
-            started = time.perf_counter()
-            ridge = RidgeClassifierCV(alphas=RIDGE_ALPHAS).fit(x, y)
-            results.setdefault("ridge: seconds to fit", []).append(time.perf_counter() - started)
-            results.setdefault("ridge classifier, alpha by leave-one-out, raw features", []).append(
-                float(np.mean(ridge.predict(x_test) == y_test)))
-            for copies in copies_list:
-                runs = [copies_accuracy(x, y, x_test, y_test, copies=copies, seed=s) for s in range(seeds)]
-                results.setdefault(f"{copies} cop{'y' if copies == 1 else 'ies'}", []).append(float(np.mean(runs)))
+            score_heads(x, y, x_test, y_test, results, copies_list=copies_list, seeds=seeds)
             print(f"{train_dir.parent.name}: " + ", ".join(f"{k} {v[-1]:.3f}" for k, v in results.items()), flush=True)
         for name, values in results.items():
             print(f"{dataset}, head alone, {name}: {np.mean(values):.3f} ({', '.join(f'{v:.3f}' for v in values)})")
 
 
 def stamps5_part(*, partitions: int, copies_list: list[int], seeds: int) -> None:
-    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, RidgeClassifierCV
-    from sklearn.preprocessing import StandardScaler
-
     files = tk.scan_folder(SHARED / "data" / "stamps5")
-    data = tk.load_folder(SHARED / "data" / "stamps5", image_size=224, validation_split=0.0, seed=0)
-    features = pooled_features(224).predict(data.train_ordered, verbose=0)
-    labels = np.concatenate([y for _, y in data.train_ordered.as_numpy_iterator()])
+    features, labels = features_of(SHARED / "data" / "stamps5", 224, pooled_features(224))
     assert np.array_equal(labels, files.labels), "the loader keeps the folder's order"
     results: dict[str, list[float]] = {}
     everything = np.arange(len(files))
     for partition in range(partitions):  # partition 0: the accuracy suite's folds
         for k, test in enumerate(stratified_folds(files.labels, 5, seed=partition)):
             train = np.setdiff1d(everything, test)
-            x, y, x_test, y_test = features[train], labels[train], features[test], labels[test]
-            scaler = StandardScaler().fit(x)
-            probe = LogisticRegression(C=1.0, max_iter=2000).fit(scaler.transform(x), y)
-            results.setdefault("probe", []).append(float(np.mean(probe.predict(scaler.transform(x_test)) == y_test)))
-            chosen = LogisticRegressionCV(Cs=np.logspace(-3, 2, 11).tolist(), cv=5, max_iter=3000,
-                                          scoring="neg_log_loss").fit(x, y)
-            results.setdefault("logistic regression, C by cross-validation, raw features", []).append(
-                float(np.mean(chosen.predict(x_test) == y_test)))
-            ridge = RidgeClassifierCV(alphas=RIDGE_ALPHAS).fit(x, y)
-            results.setdefault("ridge classifier, alpha by leave-one-out, raw features", []).append(
-                float(np.mean(ridge.predict(x_test) == y_test)))
-            for copies in copies_list:
-                runs = [copies_accuracy(x, y, x_test, y_test, copies=copies, seed=s) for s in range(seeds)]
-                results.setdefault(f"{copies} cop{'y' if copies == 1 else 'ies'}", []).append(float(np.mean(runs)))
-                print(f"stamps5 partition {partition}, fold {k + 1}, {copies} copies: "
-                      f"{', '.join(f'{r:.3f}' for r in runs)}", flush=True)
+            score_heads(features[train], labels[train], features[test], labels[test], results,
+                        copies_list=copies_list, seeds=seeds)
+            print(f"stamps5 partition {partition}, fold {k + 1}: "
+                  + ", ".join(f"{key} {v[-1]:.3f}" for key, v in results.items()), flush=True)
     for name, folds in results.items():
         by_partition = [float(np.mean(folds[i:i + 5])) for i in range(0, len(folds), 5)]
         print(f"stamps5, head alone, {name}: {np.mean(folds):.3f} over {len(folds)} folds "

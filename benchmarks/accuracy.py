@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -177,10 +178,13 @@ def command(*args: str) -> str:
     return done.stdout
 
 
+TRAIN_ARGS: list[str] = []  # --train-args: more options for `transferkit train`
+
+
 def transferkit_recipe(train: Path, test: Path, size: int, seed: int) -> float:
     run = train.parent / f"run_{seed}"
     command("train", str(train), "--backbone", "mobilenet", "--weights", str(MOBILENET_NOTOP),
-            "--image-size", str(size), "--seed", str(seed), "--out", str(run))
+            "--image-size", str(size), "--seed", str(seed), "--out", str(run), *TRAIN_ARGS)
     return float(json.loads(command("evaluate", str(run), str(test), "--json"))["accuracy"])
 
 
@@ -204,7 +208,10 @@ def main() -> int:
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS[:4]), choices=DATASETS)
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--train-args", default="", help='more options for `transferkit train`, as one string '
+                                                          '(e.g. --train-args="--train-head")')
     args = parser.parse_args()
+    TRAIN_ARGS[:] = shlex.split(args.train_args)
     if shared_missing():
         return 2
     rows = []

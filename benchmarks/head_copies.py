@@ -1,24 +1,26 @@
-"""Five averaged copies of the head against one, and the heads against the logistic-regression probe.
+"""The head phase's choices: one trained head, five averaged copies, the solved head, and the probe.
 
     .venv/bin/python benchmarks/head_copies.py [--part pool stamps5 suite] [--partitions N] [--copies 1 5 20]
                                                [--seeds 4]
 
-  pool     the whole recipe in process (the FineTuner defaults with heads=1 and heads=5) on 50
+  pool     the whole recipe in process (the FineTuner defaults with one trained head, five trained
+           copies, and the solved head of the default head phase) on 50
            Fashion-MNIST images per class drawn from images 40,000–49,999 of ../shared's training
            file (a pool the accuracy suite does not use), 100 others per class to test on;
-           seeds 1–3; 96 px; about 4 minutes
+           seeds 1–3; 96 px; about 9 minutes
   stamps5  the head alone on the cached features of the accuracy suite's five stamps5 folds (224 px):
            one head, 5 and 20 copies, four seeds each, against the probe (scikit-learn's
            LogisticRegression, C = 1, on standardised features) and scikit-learn's
            LogisticRegressionCV on the raw features (C from 1e-3 to 100 chosen by five-fold
            cross-validated log loss on the training images) and RidgeClassifierCV on the raw
-           features (alpha from 0.01 to 10,000 by its leave-one-out error); about 3 minutes. --partitions N
+           features (alpha from 0.01 to 10,000 by its leave-one-out error), and transferkit's solved
+           head (Phase(solve=True): C from 0.003 to 3 by five-fold cross-validation); about 3 minutes. --partitions N
            repeats it over N different five-fold partitions (the suite's first), the test that
-           tells a real difference from the draw of one partition. Both parts print the two
+           tells a real difference from the draw of one partition. Both parts print the
            solvers' fitting times
   suite    the head alone on the cached features of the accuracy suite's fashion50, digits and
            fashion200 tasks: --copies copies (--seeds seeds each), the probe, the cross-validated
-           logistic regression and the ridge classifier; about 15 minutes
+           logistic regression, the ridge classifier and the solved head; about 15 minutes
 
 Prints the mean test accuracy of each; in process.
 """
@@ -42,25 +44,33 @@ from common import MOBILENET_NOTOP, SHARED, shared_missing, stratified_folds
 
 import transferkit as tk
 from transferkit._members import HeadMembers, repeat_labels
+from transferkit._solve import solve_head
 
 POOL = 40_000
 RIDGE_ALPHAS = np.logspace(-2, 4, 13).tolist()  # 0.01 … 10,000
 
 
+POOL_HEADS = {  # the head phase of each variant of the whole recipe
+    "one trained head": dataclasses.replace(tk.HEAD_PHASE, heads=1, solve=False),
+    "five trained copies": dataclasses.replace(tk.HEAD_PHASE, solve=False),
+    "solved head (the default)": tk.HEAD_PHASE,
+}
+
+
 def pool_part(tmp: Path) -> None:
     selection.POOL_START = POOL  # write_task draws from this pool
-    scores: dict[int, list[float]] = {1: [], 5: []}
+    scores: dict[str, list[float]] = {name: [] for name in POOL_HEADS}
     for seed in (1, 2, 3):
         train, test = selection.write_task(tmp / f"pool_{seed}", seed=seed, per_class=50)
-        for heads in scores:
+        for name, phase in POOL_HEADS.items():
             tuner = tk.FineTuner("mobilenet", weights=str(MOBILENET_NOTOP), image_size=96, seed=seed,
-                                 head_phase=dataclasses.replace(tk.HEAD_PHASE, heads=heads))
+                                 head_phase=phase)
             tuner.fit(str(train), verbose=0)
-            scores[heads].append(tuner.evaluate(str(test)).accuracy)
+            scores[name].append(tuner.evaluate(str(test)).accuracy)
             keras.backend.clear_session()
-            print(f"pool, seed {seed}, heads={heads}: {scores[heads][-1]:.3f}", flush=True)
-    for heads, values in scores.items():
-        print(f"pool {POOL:,}+, 50/class, whole recipe, heads={heads}: {np.mean(values):.3f} ± {np.std(values):.3f} "
+            print(f"pool, seed {seed}, {name}: {scores[name][-1]:.3f}", flush=True)
+    for name, values in scores.items():
+        print(f"pool {POOL:,}+, 50/class, whole recipe, {name}: {np.mean(values):.3f} ± {np.std(values):.3f} "
               f"({', '.join(f'{v:.3f}' for v in values)})")
 
 
@@ -104,6 +114,10 @@ def score_heads(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.nda
     scaler = StandardScaler().fit(x)
     score("probe", LogisticRegression(C=1.0, max_iter=2000).fit(scaler.transform(x), y).predict(
         scaler.transform(x_test)))
+    started = time.perf_counter()
+    solved = solve_head(x, y, int(y.max()) + 1)
+    results.setdefault("solved head: seconds to fit", []).append(time.perf_counter() - started)
+    score("solved head (transferkit's solve)", np.argmax(x_test @ solved.kernel + solved.bias, axis=1))
     for name, solver in (("logistic regression, C by cross-validation, raw features",
                           LogisticRegressionCV(Cs=np.logspace(-3, 2, 11).tolist(), cv=5, max_iter=3000,
                                                scoring="neg_log_loss")),

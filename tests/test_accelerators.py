@@ -16,7 +16,7 @@ import transferkit as tk
 from transferkit._model import model_parts
 from transferkit.cli import main
 
-HEAD = dataclasses.replace(tk.HEAD_PHASE, epochs=6, learning_rate=1e-2)
+HEAD = dataclasses.replace(tk.HEAD_PHASE, epochs=6, learning_rate=1e-2, solve=False)  # trained
 TUNE = dataclasses.replace(tk.FINE_TUNE_PHASE, epochs=1, learning_rate=1e-3, policy=tk.UnfreezeTop(1))
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 import transferkit as tk
 
-FAST_HEAD = dataclasses.replace(tk.HEAD_PHASE, epochs=8, learning_rate=1e-2)
+FAST_HEAD = dataclasses.replace(tk.HEAD_PHASE, epochs=8, learning_rate=1e-2, solve=False)  # trained
 FAST_TUNE = dataclasses.replace(tk.FINE_TUNE_PHASE, epochs=2, learning_rate=1e-3, policy=tk.UnfreezeTop(1))
 
 
@@ -341,7 +341,7 @@ def test_fit_that_continues_a_trained_model_does_not_refit(tmp_path, image_folde
     first.save(tmp_path / "run")
     loaded = tk.FineTuner.load(tmp_path / "run")
     before = loaded.model.get_layer("head").get_layer("head_output").kernel.numpy().copy()
-    loaded.refit = "auto"
+    loaded.refit, loaded.head_phase = "auto", FAST_HEAD  # a trained head phase (a solved one starts afresh)
     loaded.fit(data, verbose=0)  # continues the loaded weights; a refit would start again from ImageNet
     assert loaded.refitted is None
     kernel = loaded.model.get_layer("head").get_layer("head_output").kernel.numpy()

@@ -164,7 +164,7 @@ def test_tune_killed_mid_trial_neither_loses_nor_repeats_trials(photos, tmp_path
     _check_run_folder(out)
 
 
-FAST_HEAD = dataclasses.replace(tk.HEAD_PHASE, epochs=4, learning_rate=1e-2)
+FAST_HEAD = dataclasses.replace(tk.HEAD_PHASE, epochs=4, learning_rate=1e-2, solve=False)  # trained
 FAST_TUNE = dataclasses.replace(tk.FINE_TUNE_PHASE, epochs=3, learning_rate=1e-3, policy=tk.UnfreezeTop(1))
 
 

@@ -40,7 +40,7 @@ from transferkit._inference import (
     prediction_input,
 )
 from transferkit._lr_find import LearningRateSweep, constant_rate_optimizer, sweep, sweep_batches, sweep_values
-from transferkit._members import FoldMembers, members_model, repeat_labels
+from transferkit._members import FoldMembers, linear_output, members_model, pooled_features, repeat_labels
 from transferkit._metrics import Evaluation, Predictions, evaluate_outputs
 from transferkit._model import (
     MIXED_PRECISION,
@@ -51,9 +51,10 @@ from transferkit._model import (
     dtype_policy,
     model_parts,
 )
-from transferkit._phases import FINE_TUNE_PHASE, HEAD_PHASE, Phase, steps_per_epoch
+from transferkit._phases import FINE_TUNE_PHASE, HEAD_PHASE, SOLVE_MAX_IMAGES, Phase, steps_per_epoch
 from transferkit._saving import FORMAT, RunMetadata, load_run, save_run
 from transferkit._selection import BestEpoch, BestWeights, Divergence, DivergenceGuard, Refit, Snapshot
+from transferkit._solve import HeadSolution, solve_head
 from transferkit._types import (
     Callbacks,
     Color,
@@ -123,7 +124,8 @@ class FineTuner:
         class_names: Names of the classes; taken from the data when omitted.
         head: The head to put on the backbone (``Head()`` by default).
         image_size: Input size; taken from the data, else the backbone's default.
-        head_phase: Settings of phase 1 (default ``HEAD_PHASE``: 50 epochs at 1e-3).
+        head_phase: Settings of phase 1 (default ``HEAD_PHASE``: the linear head solved on up to 2,000
+            training images, else 50 epochs at 1e-3 as five averaged copies).
         fine_tune_phase: Settings of phase 2 (default ``FINE_TUNE_PHASE``: 10 epochs at 1e-4,
             top 2 blocks, cosine with 1 warm-up epoch). ``None`` skips fine-tuning in :meth:`fit`.
         class_weight: ``None``, ``"balanced"`` (weights from the training split) or a dict.
@@ -268,6 +270,7 @@ class FineTuner:
         self._checkpoint: Checkpoint | None = None  # set during a fit with checkpoint_dir
         self._refitting = False
         self.divergences: list[Divergence] = []  # phases stopped on a non-finite loss
+        self.solutions: dict[str, HeadSolution] = {}  # phases whose head was solved (Phase(solve=True))
         if cache is True:
             self.cache: FeatureCache | None = FeatureCache()
         elif cache is False or cache is None:
@@ -426,13 +429,18 @@ class FineTuner:
             trained, train_ds, val_ds = model, batches.train, batches.validation  # mixed images: no cached features
         else:
             trained, train_ds, val_ds = self._what_trains(name, model, batches, callbacks, verbose)
+        resuming = stage is not None and stage.epochs > 0
+        solved = bool(phase.solve) and self._solve_head(name, phase, model, trained, train_ds, resuming=resuming,
+                                                        images=batches.data.num_train if batches.data else None)
+        if solved:  # one epoch at rate 0: the phase's history, kept epoch and checkpoint as for any phase
+            phase = dataclasses.replace(phase, epochs=1, heads=1)
         if phase.dense_labels:
             train_ds, val_ds = self._dense_labels(phase, train_ds, val_ds)
         head, folding = trained, self._copies(name, phase, model, trained)
         if folding:
             trained, train_ds = folding[0].trained, repeat_labels(train_ds, phase.heads)
-        if trained is not model or phase.dense_labels:
-            self._compile(trained, phase, train_ds)
+        if trained is not model or phase.dense_labels or solved:
+            self._compile(trained, phase, train_ds, frozen=solved)
         keeper = BestWeights(model, phase=name, previous=self._best, by_accuracy=self._ranks_by_accuracy(),
                              every_epoch=self.keep_best == "epoch")
         guard = keeper.guard = DivergenceGuard(name)
@@ -496,6 +504,40 @@ class FineTuner:
             return []
         log.info("Phase %s trains %d copies of the head side by side and keeps their average.", name, phase.heads)
         return [FoldMembers(copies, trained)]
+
+    def _solve_head(self, name: str, phase: Phase, model: keras.Model, trained: keras.Model,
+                    train: tf.data.Dataset, *, resuming: bool, images: int | None) -> bool:
+        """Solve a phase's linear head on its cached features (``Phase(solve=…)``) and write it into
+        the output layer; ``False`` where the phase trains its head instead."""
+        output = linear_output(trained) if trained is not model else None
+        if output is None or self._head().task != "single_label":
+            log.info("Phase %s trains its head instead of solving it: a head is solved where it is linear, "
+                     "single-label and trained on cached features alone.", name)
+            return False
+        if phase.solve == "auto" and images is not None and images > SOLVE_MAX_IMAGES:
+            log.info("Phase %s trains its head: solve=\"auto\" solves it on up to %d training images, and "
+                     "there are %d.", name, SOLVE_MAX_IMAGES, images)
+            return False
+        if resuming:  # the solved head is in the checkpoint's epoch, restored below
+            return True
+        features, labels = pooled_features(trained, train)
+        if phase.solve == "auto" and len(labels) > SOLVE_MAX_IMAGES:
+            log.info("Phase %s trains its head: solve=\"auto\" solves it on up to %d feature vectors, and "
+                     "there are %d.", name, SOLVE_MAX_IMAGES, len(labels))
+            return False
+        labels = labels.astype(int).ravel()
+        weights = self._resolve_class_weight()
+        solution = solve_head(features, labels, int(self.num_classes or output.units),
+                              label_smoothing=phase.label_smoothing, seed=self.seed or 0,
+                              sample_weight=None if weights is None else np.array([weights[i] for i in labels]))
+        output.kernel.assign(solution.kernel.astype(output.kernel.dtype))
+        output.bias.assign(solution.bias.astype(output.bias.dtype))
+        self.solutions[name] = solution
+        how = (f"C = {solution.c:g}, chosen by {solution.folds}-fold cross-validation" if solution.folds
+               else "C = 1: too few images of a class to cross-validate")
+        log.info("Phase %s: solved the linear head on %d cached feature vectors (%s) in %.1f s.", name,
+                 len(labels), how, solution.seconds)
+        return True
 
     def _diverged(self, divergence: Divergence, started_trained: bool) -> None:
         """After a phase stopped on a non-finite loss: carry on with good weights, or stop the fit."""
@@ -633,10 +675,13 @@ class FineTuner:
             return self._best.best
         return self._loaded_best
 
-    def _compile(self, model: keras.Model, phase: Phase, train: tf.data.Dataset) -> None:
+    def _compile(self, model: keras.Model, phase: Phase, train: tf.data.Dataset, *, frozen: bool = False) -> None:
+        """Compile ``model`` for ``phase`` (``frozen``: at learning rate 0, for a solved head)."""
         head = self._head()
         dense = phase.dense_labels and head.task == "single_label"
-        model.compile(optimizer=self._scaled(model, self._optimizer(phase, steps_per_epoch(train))),
+        optimizer = (keras.optimizers.SGD(learning_rate=0.0) if frozen
+                     else self._optimizer(phase, steps_per_epoch(train)))
+        model.compile(optimizer=self._scaled(model, optimizer),
                       loss=head.loss(label_smoothing=phase.label_smoothing, dense_labels=dense),
                       metrics=head.metrics(dense_labels=dense, label_smoothing=phase.label_smoothing),
                       jit_compile=self.jit_compile)
@@ -1001,6 +1046,7 @@ class FineTuner:
             examples=examples, truth=files.labels if files is not None else None,
             image_settings=self._image_settings(), skipped=data.skipped, best=self.best_epoch,
             refit=self.refitted, calibration=self.calibration,
+            solved={name: solution.summary() for name, solution in self.solutions.items()},
         )
 
     # ------------------------------------------------------------------ persistence

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -58,18 +59,37 @@ class HeadMembers(keras.layers.Layer):
         return (None, self.units)
 
 
+def linear_output(head: keras.Model) -> keras.layers.Dense | None:
+    """``head``'s output layer where ``head`` is linear (pooling, dropout and that one Dense), else ``None``."""
+    kinds = (keras.layers.InputLayer, keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D,
+             keras.layers.Dropout, keras.layers.Dense)
+    dense = [layer for layer in head.layers if isinstance(layer, keras.layers.Dense)]
+    if len(dense) != 1 or dense[0].name != OUTPUT_LAYER or any(not isinstance(layer, kinds) for layer in head.layers):
+        return None
+    return dense[0]
+
+
+def pooled_features(head: keras.Model, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """The features a linear ``head``'s output layer sees (after its pooling) and the labels, for
+    every batch of ``dataset`` (one pass)."""
+    pools = [layer for layer in head.layers
+             if isinstance(layer, (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D))]
+    features, labels = [], []
+    for batch in dataset:
+        x = batch[0]
+        for pool in pools:
+            x = pool(x)
+        features.append(ops.convert_to_numpy(ops.cast(x, "float32")))
+        labels.append(np.asarray(batch[1]))
+    return np.concatenate(features), np.concatenate(labels)
+
+
 def members_model(head: keras.Model, members: int) -> keras.Model | None:
     """A model over ``head``'s input that trains ``members`` copies of its output layer, or ``None``
     where ``head`` is not a linear head (pooling, dropout, one Dense) that copies can average."""
-    if members <= 1:
+    output = linear_output(head)
+    if members <= 1 or output is None:
         return None
-    kinds = (keras.layers.InputLayer, keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D,
-             keras.layers.Dropout)
-    dense = [layer for layer in head.layers if isinstance(layer, keras.layers.Dense)]
-    if len(dense) != 1 or dense[0].name != OUTPUT_LAYER or any(
-            not isinstance(layer, (*kinds, keras.layers.Dense)) for layer in head.layers):
-        return None
-    output = dense[0]
     dropout = max((layer.rate for layer in head.layers if isinstance(layer, keras.layers.Dropout)), default=0.0)
     x = inputs = keras.Input(head.input_shape[1:], name="features")
     for layer in head.layers:

@@ -165,8 +165,10 @@ class TrialSettings:
         """
         units = int(values.get("units", 0))
         head = Head(hidden_units=(units,) if units else (), dropout=float(values.get("dropout", 0.2)))
+        # a trial trains the head whose learning rate, epochs and dropout it searches: never solved
         head_phase = dataclasses.replace(HEAD_PHASE, epochs=int(values.get("tuner/epochs", self.epochs)),
-                                         learning_rate=float(values.get("learning_rate", HEAD_PHASE.learning_rate)))
+                                         learning_rate=float(values.get("learning_rate", HEAD_PHASE.learning_rate)),
+                                         solve=False)
         fine = None
         if "fine_tune_blocks" in values and self.fine_tune_epochs:
             fine = dataclasses.replace(FINE_TUNE_PHASE, epochs=self.fine_tune_epochs,

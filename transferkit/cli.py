@@ -112,6 +112,7 @@ def _train_defaults() -> dict[str, Any]:
         "lr_decay": None,
         "gradual": False,
         "heads": None,  # None: the head phase's own (5 averaged copies)
+        "solve_head": None,  # None: the head phase's own ("auto"); true/false: solve the linear head or train it
         "calibrate": True,
         "seed": None,
         "out": "run",
@@ -296,6 +297,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         fine = dataclasses.replace(fine, gradual=True)
     if o["heads"] is not None:
         head_phase = dataclasses.replace(head_phase, heads=o["heads"])
+    if o["solve_head"] is None and any(o[key] is not None for key in ("epochs", "learning_rate", "heads")):
+        head_phase = dataclasses.replace(head_phase, solve=False)  # asked for an optimizer's head phase: train it
+    if o["solve_head"] is not None:
+        if o["solve_head"] not in (True, False, "auto") or not isinstance(o["solve_head"], (bool, str)):
+            raise _UsageError(f'solve_head = {o["solve_head"]!r}: expected true, false or "auto".')
+        head_phase = dataclasses.replace(head_phase, solve=o["solve_head"])
     chosen: dict[str, Any] = dict(
         class_weight="balanced" if _flag(o, "balanced") else None, keep_best=not _flag(o, "keep_last"),
         refit=_refit_choice(o["refit"]), temperature_scaling=_flag(o, "calibrate"),
@@ -344,6 +351,12 @@ def _train_into(args: argparse.Namespace, tuner: Any, data: Any, spec: BackboneS
         metrics = tuner.write_report(data, out)
         (checkpoint / "state.json").unlink(missing_ok=True)  # first: a kill while deleting leaves no stale state
         shutil.rmtree(checkpoint, ignore_errors=True)  # everything is written: nothing left to resume
+    solved = tuner.solutions.get("head")
+    if solved is not None:
+        how = (f"chosen by {solved.folds}-fold cross-validation" if solved.folds
+               else "(too few images to cross-validate)")
+        print(f"Solved the head on the backbone's features: softmax regression, C = {solved.c:g} {how}, "
+              f"{solved.seconds:.1f} s.")
     if tuner.best_epoch is not None:
         print(f"Kept the weights of the best validated {tuner.best_epoch.describe()}.")
     if tuner.refitted is not None:
@@ -666,6 +679,13 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heads", type=int,
                    help="copies of a linear head trained side by side in the head phase and averaged into one "
                         "(default 5; 1 trains one)")
+    solve = p.add_mutually_exclusive_group()
+    solve.add_argument("--solve-head", dest="solve_head", action="store_true", default=None,
+                       help="solve the linear head on the cached features (softmax regression, L2 strength by "
+                            "5-fold cross-validation) instead of training it; the default solves it on up to "
+                            "2,000 training images")
+    solve.add_argument("--train-head", dest="solve_head", action="store_false", default=None,
+                       help="train the head with the optimizer for --epochs instead of solving it")
     p.add_argument("--no-calibration", dest="calibrate", action="store_false", default=None,
                    help="skip temperature scaling of the probabilities")
     p.add_argument("--refit", choices=["auto", "always", "never"],

@@ -230,6 +230,7 @@ def write_report(
     refit: Refit | None = None,
     calibration: Calibration | None = None,
     grid: int = 10,
+    solved: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Write labels.txt, metrics.json and the PNGs of a run into ``out``; returns the metrics written.
 
@@ -253,6 +254,9 @@ def write_report(
         calibration: The temperature scaling (``FineTuner.calibration``), recorded as
             ``calibration`` with its reliability diagram in ``reliability.png``.
         grid: Number of examples in the grid.
+        solved: The solved heads by phase (``HeadSolution.summary()`` of ``FineTuner.solutions``):
+            ``C``, the cross-validated log loss of each ``C`` tried, iterations and seconds,
+            recorded as ``solved``.
     """
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
@@ -260,7 +264,8 @@ def write_report(
     metrics: dict[str, Any] = {"history": history, "skipped": [list(s) for s in skipped],
                                "best": best.to_dict() if best is not None else None,
                                "refit": refit.to_dict() if refit is not None else None,
-                               "calibration": calibration.to_dict() if calibration is not None else None}
+                               "calibration": calibration.to_dict() if calibration is not None else None,
+                               "solved": solved or None}
     if calibration is not None:
         plot_reliability(calibration, root / "reliability.png")
     plot_history(history, root / "training_curves.png")

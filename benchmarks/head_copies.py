@@ -7,7 +7,7 @@
            copies, and the solved head of the default head phase) on 50
            Fashion-MNIST images per class drawn from images 40,000–49,999 of ../shared's training
            file (a pool the accuracy suite does not use), 100 others per class to test on;
-           seeds 1–3; 96 px; about 9 minutes
+           seeds 1–3; 96 px; about 6 minutes
   stamps5  the head alone on the cached features of the accuracy suite's five stamps5 folds (224 px):
            one head, 5 and 20 copies, four seeds each, against the probe (scikit-learn's
            LogisticRegression, C = 1, on standardised features) and scikit-learn's

@@ -134,6 +134,28 @@ def test_train_killed_with_sigkill_resumes_to_the_uninterrupted_result(photos, r
     assert history == json.loads((reference / "transferkit.json").read_text())["history"]
 
 
+def test_a_run_with_a_solved_head_killed_while_fine_tuning_resumes_to_the_uninterrupted_result(photos, tmp_path):
+    solved = [*TRAIN, "--solve-head"]
+    reference = tmp_path / "reference"
+    done = _transferkit("train", str(photos), *solved, "--out", str(reference))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Solved the head on the backbone's features" in done.stdout
+    for kill_at, resumed in (("fine_tune:2", "Resuming from fine_tune epoch 2"),
+                             ("fine_tune:1:refit", "Resuming from fine_tune epoch 1 of the refit on all images")):
+        run = tmp_path / kill_at.replace(":", "_")
+        killed = _transferkit("train", str(photos), *solved, "--out", str(run), kill_at=kill_at)
+        assert killed.returncode == -9, killed.stderr[-2000:]
+        again = _transferkit("train", str(photos), *solved, "--out", str(run))
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert resumed in again.stdout
+        _check_run_folder(run)
+        for mine, other in zip(_weights(run), _weights(reference), strict=True):
+            np.testing.assert_allclose(mine, other, rtol=0, atol=1e-6)
+        history = json.loads((run / "transferkit.json").read_text())["history"]
+        assert history == json.loads((reference / "transferkit.json").read_text())["history"]
+        assert len(history["head"]["loss"]) == 1  # the solved head phase's one epoch
+
+
 def test_restart_starts_over_and_other_settings_are_refused(photos, tmp_path, capsys):
     from transferkit.cli import main
 

@@ -169,7 +169,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", nargs="+", default=["pool", "stamps5"], choices=["pool", "stamps5", "suite"])
     parser.add_argument("--partitions", type=int, default=1, help="five-fold partitions of stamps5 (default 1)")
-    parser.add_argument("--copies", type=int, nargs="+", default=[1, 5, 20], help="head copies to train")
+    parser.add_argument("--copies", type=int, nargs="*", default=[1, 5, 20],
+                        help="head copies to train (none: the solvers alone)")
     parser.add_argument("--seeds", type=int, default=4, help="seeds per head and fold")
     args = parser.parse_args()
     if shared_missing():

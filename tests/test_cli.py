@@ -96,10 +96,13 @@ def test_bad_settings_are_reported_before_the_images_are_read(tmp_path, capsys):
     refit, calibrate = tmp_path / "refit.toml", tmp_path / "calibrate.toml"
     refit.write_text('refit = "sometimes"\n')
     calibrate.write_text('calibrate = "no"\n')
+    solve = tmp_path / "solve.toml"
+    solve.write_text('solve_head = "yes"\n')
     for flags, message in ((["--heads", "0"], "Expected heads to be an integer >= 1"),
                            (["--label-smoothing", "1.5"], "Expected label_smoothing in [0, 1)"),
                            (["--config", str(refit)], "--refit 'sometimes': expected auto, always or never"),
-                           (["--config", str(calibrate)], "calibrate = 'no': expected true or false")):
+                           (["--config", str(calibrate)], "calibrate = 'no': expected true or false"),
+                           (["--config", str(solve)], "solve_head = 'yes': expected true, false or \"auto\"")):
         assert main(["train", str(missing), "--backbone", "tiny_cnn", *flags, "--out", str(tmp_path / "run")]) == 2
         error = capsys.readouterr().err
         assert message in error and "not-there" not in error and "Traceback" not in error

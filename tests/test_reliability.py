@@ -154,6 +154,12 @@ def test_a_run_with_a_solved_head_killed_while_fine_tuning_resumes_to_the_uninte
         history = json.loads((run / "transferkit.json").read_text())["history"]
         assert history == json.loads((reference / "transferkit.json").read_text())["history"]
         assert len(history["head"]["loss"]) == 1  # the solved head phase's one epoch
+        # the solve is reported even where the resumed run took it from the checkpoint
+        recorded = json.loads((run / "metrics.json").read_text())["solved"]["head"]
+        expected = json.loads((reference / "metrics.json").read_text())["solved"]["head"]
+        assert {k: v for k, v in recorded.items() if k != "seconds"} == {
+            k: v for k, v in expected.items() if k != "seconds"}
+        assert "Solved the head on the backbone's features" in again.stdout
 
 
 def test_restart_starts_over_and_other_settings_are_refused(photos, tmp_path, capsys):

@@ -74,6 +74,7 @@ class StageResume:
         history: ``FineTuner.history`` as it was at that point.
         best: The best epoch kept (``BestEpoch.to_dict()``) when the stage finished.
         keeper: The best-epoch keeper's state during the stage.
+        solved: ``HeadSolution.summary()`` of a stage whose head was solved.
     """
 
     index: int
@@ -84,6 +85,7 @@ class StageResume:
     best: dict[str, Any] | None = None
     keeper: dict[str, Any] = field(default_factory=dict)
     refit: bool = False
+    solved: dict[str, Any] | None = None
 
 
 class Checkpoint:

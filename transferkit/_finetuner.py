@@ -430,8 +430,10 @@ class FineTuner:
         else:
             trained, train_ds, val_ds = self._what_trains(name, model, batches, callbacks, verbose)
         resuming = stage is not None and stage.epochs > 0
+        self.solutions.pop(name, None)  # an earlier fit's solution is not this phase's
+        images = batches.data.num_train if batches.data is not None else None
         solved = bool(phase.solve) and self._solve_head(name, phase, model, trained, train_ds, resuming=resuming,
-                                                        images=batches.data.num_train if batches.data else None)
+                                                        images=images)
         if solved:  # one epoch at rate 0: the phase's history, kept epoch and checkpoint as for any phase
             phase = dataclasses.replace(phase, epochs=1, heads=1)
         if phase.dense_labels:
@@ -514,16 +516,20 @@ class FineTuner:
             log.info("Phase %s trains its head instead of solving it: a head is solved where it is linear, "
                      "single-label and trained on cached features alone.", name)
             return False
-        if phase.solve == "auto" and images is not None and images > SOLVE_MAX_IMAGES:
+
+        def too_many(count: int | None) -> bool:
+            if phase.solve != "auto" or count is None or count <= SOLVE_MAX_IMAGES:
+                return False
             log.info("Phase %s trains its head: solve=\"auto\" solves it on up to %d training images, and "
-                     "there are %d.", name, SOLVE_MAX_IMAGES, images)
+                     "there are %d.", name, SOLVE_MAX_IMAGES, count)
+            return True
+
+        if too_many(images):  # known from the data: decided without reading the features
             return False
         if resuming:  # the solved head is in the checkpoint's epoch, restored below
             return True
         features, labels = pooled_features(trained, train)
-        if phase.solve == "auto" and len(labels) > SOLVE_MAX_IMAGES:
-            log.info("Phase %s trains its head: solve=\"auto\" solves it on up to %d feature vectors, and "
-                     "there are %d.", name, SOLVE_MAX_IMAGES, len(labels))
+        if too_many(len(labels)):  # a tf.data input, or augmented views of the images
             return False
         labels = labels.astype(int).ravel()
         weights = self._resolve_class_weight()
@@ -556,7 +562,8 @@ class FineTuner:
         best = self._best.best.to_dict() if self._best is not None else None
         finished = StageResume(index=self._checkpoint.current, name=name, done=True,
                                epochs=len(next(iter(self.history.get(name, {}).values()), [])),
-                               history=dict(self.history), best=best, refit=self._refitting)
+                               history=dict(self.history), best=best, refit=self._refitting,
+                               solved=self.solutions[name].summary() if name in self.solutions else None)
         self._checkpoint.record_done(finished, [keras.ops.convert_to_numpy(v) for v in model.variables])
 
     def _restore_stage(self, model: keras.Model, phase: Phase, batches: _Batches, stage: StageResume) -> History:
@@ -570,6 +577,11 @@ class FineTuner:
         self._loaded_best = None
         self.refitted = self._held_out = self.calibration = None
         self._cached_validation = None
+        self.solutions.pop(stage.name, None)
+        if stage.solved is not None:  # the solution is the output layer the stage ended with
+            output = self._output_layer()
+            self.solutions[stage.name] = HeadSolution.from_summary(
+                stage.solved, keras.ops.convert_to_numpy(output.kernel), keras.ops.convert_to_numpy(output.bias))
         log.info("Phase %s: taken from the checkpoint in %s (finished in an earlier run)", stage.name,
                  self._checkpoint.directory)
         return self.history.get(stage.name, {})

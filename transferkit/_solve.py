@@ -18,7 +18,9 @@ the classifier the linear-probe literature measures. This module computes it:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -52,13 +54,22 @@ class HeadSolution:
     iterations: int = 0
     seconds: float = 0.0
 
-    def summary(self) -> dict[str, object]:
+    def summary(self) -> dict[str, Any]:
+        """Everything but the weights, JSON-able (metrics.json, the checkpoint)."""
         return {"c": self.c, "cv_log_loss": {str(c): round(v, 5) for c, v in self.cv_log_loss.items()},
                 "folds": self.folds, "iterations": self.iterations, "seconds": round(self.seconds, 3)}
 
+    @classmethod
+    def from_summary(cls, summary: dict[str, Any], kernel: np.ndarray, bias: np.ndarray) -> HeadSolution:
+        """The solution a :meth:`summary` describes, with the weights it gave."""
+        return cls(kernel=kernel, bias=bias, c=float(summary["c"]),
+                   cv_log_loss={float(c): float(v) for c, v in summary["cv_log_loss"].items()},
+                   folds=int(summary["folds"]), iterations=int(summary["iterations"]),
+                   seconds=float(summary["seconds"]))
 
-def _lbfgs(objective, start: np.ndarray, *, tolerance: float, memory: int = 10  # type: ignore[no-untyped-def]
-           ) -> tuple[np.ndarray, int]:
+
+def _lbfgs(objective: Callable[[np.ndarray], tuple[float, np.ndarray]], start: np.ndarray, *, tolerance: float,
+           memory: int = 10) -> tuple[np.ndarray, int]:
     """Minimise a smooth function (``objective(x) -> (value, gradient)``) by L-BFGS with Armijo backtracking."""
     x = start.copy()
     value, grad = objective(x)

@@ -294,6 +294,55 @@ def test_multi_label_heads_keep_the_epoch_with_the_lowest_validation_loss(tmp_pa
     assert tagger.best_epoch.val_loss == min(history["val_loss"])
 
 
+def test_phase_ends_rank_by_calibrated_loss_where_both_have_one():
+    from transferkit._selection import BestEpoch, BestWeights, Snapshot
+
+    # a fine-tune phase one validation image ahead on accuracy, behind once each phase's
+    # over-confidence is scaled out (the figures of a stamps5 fold)
+    head = BestEpoch("head", 1, val_loss=0.271, val_accuracy=0.889, calibrated_loss=0.270)
+    tuned = BestEpoch("fine_tune", 11, val_loss=0.300, val_accuracy=0.926, calibrated_loss=0.276)
+    assert tuned.score > head.score and not tuned.beats(head)
+    assert dataclasses.replace(tuned, calibrated_loss=0.269).beats(head)
+    assert dataclasses.replace(tuned, calibrated_loss=None).beats(head)  # unmeasured: accuracy, then loss
+    assert not dataclasses.replace(tuned, calibrated_loss=0.270).beats(head)  # a tie keeps the earlier phase
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3, activation="softmax")])
+    before = [w.copy() for w in model.get_weights()]
+    keeper = BestWeights(model, phase="fine_tune", previous=Snapshot(head, before), by_accuracy=True)
+    keeper.on_epoch_end(10, {"val_loss": tuned.val_loss, "val_accuracy": tuned.val_accuracy})
+    model.set_weights([w + 1.0 for w in before])  # what the phase trained
+    keeper.on_train_end()
+    keeper.rate(tuned.calibrated_loss)
+    assert keeper.restore().best == head
+    for kept, start in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(kept, start)
+
+
+def test_fit_keeps_the_phase_with_the_lower_calibrated_validation_loss(tmp_path):
+    from transferkit._calibration import calibrated_loss
+
+    folder = write_image_folder(tmp_path / "images", per_class=28)
+    data = tk.load_folder(folder, image_size=32, validation_split=0.25, batch_size=8)
+    assert data.num_validation >= 20  # enough images to fit a temperature on
+    labels = np.asarray(data.validation_files.labels)
+    paths = list(data.validation_files.paths)
+    ends = {}
+    for phase in ("head", "fine_tune"):  # each phase's end, kept whatever it validated
+        fine = FAST_TUNE if phase == "fine_tune" else None
+        last = _tuner(keep_best=False, temperature_scaling=False, fine_tune_phase=fine)
+        last.fit(data, verbose=0)
+        ends[phase] = calibrated_loss(last.predict(paths).probabilities, labels)
+    tuner = _tuner()
+    tuner.fit(data, verbose=0)
+    best = tuner.best_epoch
+    assert best.phase == min(ends, key=ends.get)
+    assert best.calibrated_loss == pytest.approx(ends[best.phase], rel=1e-4)
+    # the temperature folded in after the phases leaves the calibrated loss as it was
+    assert calibrated_loss(tuner.predict(paths).probabilities, labels) == pytest.approx(best.calibrated_loss, rel=1e-3)
+    metrics = tuner.write_report(data, tmp_path / "run")
+    assert metrics["best"]["calibrated_loss"] == pytest.approx(best.calibrated_loss)
+
+
 def test_keep_best_phase_compares_phase_ends_only(image_folder):
     data = tk.load_folder(image_folder, image_size=32, validation_split=0.25, batch_size=8)
     tuner = _tuner(fine_tune_phase=None)  # keep_best="phase", the default

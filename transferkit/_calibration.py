@@ -150,6 +150,12 @@ def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float(math.exp((lo + hi) / 2))
 
 
+def calibrated_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """The negative log-likelihood of the labels after :func:`fit_temperature`'s temperature."""
+    labels = np.asarray(labels, dtype=np.int64)
+    return _nll(probabilities, labels, fit_temperature(probabilities, labels))
+
+
 def calibrate(probabilities: np.ndarray, labels: np.ndarray) -> tuple[Calibration, np.ndarray]:
     """Fit the temperature on validation outputs; returns it with the scaled probabilities."""
     temperature = fit_temperature(probabilities, labels)

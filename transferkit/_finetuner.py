@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from transferkit._cache_plan import cached_datasets, plan_cache
-from transferkit._calibration import Calibration, calibrate, fold_temperature
+from transferkit._calibration import MIN_IMAGES, Calibration, calibrate, calibrated_loss, fold_temperature
 from transferkit._checkpoint import Checkpoint, EpochRecorder, StageResume, assign, restore_epoch, skip_epochs
 from transferkit._errors import ConfigError, DataError, NotFittedError, TrainingDivergedError, check_choice
 from transferkit._features import FeatureCache, files_digest
@@ -138,9 +138,10 @@ class FineTuner:
             the head phase instead of augmenting afresh every epoch (0, the default, leaves
             augmented data uncached). Faster, but not the same result: see docs/speed.md.
         keep_best: Which weights to keep after each phase. ``"phase"`` (default, or ``True``):
-            the best validated end of a phase so far — highest validation accuracy, ties to the
-            lower loss — so a fine-tune phase that ends worse than the head phase leaves the head
-            phase's weights. ``"epoch"``: the best validated epoch of any phase (on a small
+            the best validated end of a phase so far — the lowest validation loss after
+            temperature scaling (with fewer than 20 validation images: highest validation
+            accuracy, ties to the lower loss) — so a fine-tune phase that ends worse than the
+            head phase leaves the head phase's weights. ``"epoch"``: the best validated epoch of any phase (on a small
             validation split this picks noise; see docs/benchmarks.md). ``False``: the last
             epoch. :attr:`best_epoch` says which was kept.
         refit: After the phases, train again from the pretrained weights on the training and
@@ -478,6 +479,8 @@ class FineTuner:
             # leave the model compiled as every other phase does: integer labels, one optimizer
             self._compile(model, dataclasses.replace(phase, label_smoothing=0.0, mix=None, lr_decay=1.0),
                           batches.train)
+        if self.keep_best == "phase" and val_ds is not None and self._ranks_by_accuracy():
+            keeper.rate(self._calibrated_loss(trained, val_ds))
         self._best = keeper.restore() if self.keep_best else None  # None: the last epoch's weights
         self._loaded_best = None  # the weights no longer come from the saved run
         self.refitted = self._held_out = self.calibration = None
@@ -487,6 +490,17 @@ class FineTuner:
         self._cached_validation = (trained, val_ds) if cached else None
         self._record_stage(model, name, stage)
         return self.history[name]
+
+    @staticmethod
+    def _calibrated_loss(trained: keras.Model, validation: tf.data.Dataset) -> float | None:
+        """The validation loss of the weights a phase ended with, after the temperature that suits
+        them best (``None`` on fewer than ``MIN_IMAGES`` images: one temperature would be a guess)."""
+        outputs, labels = outputs_and_labels(trained, validation)
+        if labels.ndim == 2:  # one-hot labels of a label-smoothing or mixing phase
+            labels = labels.argmax(axis=1)
+        if len(labels) < MIN_IMAGES:
+            return None
+        return calibrated_loss(outputs, labels)
 
     def _copies(self, name: str, phase: Phase, model: keras.Model, trained: keras.Model) -> list[FoldMembers]:
         """The callback that folds ``phase.heads`` copies of the head into it, with the model that trains

@@ -10,6 +10,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import SHARED_WEIGHTS, STAMPS5, needs_shared, write_bad_files, write_image_folder
 from PIL import Image
 
@@ -319,9 +320,13 @@ def test_phase_ends_rank_by_calibrated_loss_where_both_have_one():
 
 
 def test_fit_keeps_the_phase_with_the_lower_calibrated_validation_loss(tmp_path):
+    from conftest import CLASS_COLORS
+
     from transferkit._calibration import calibrated_loss
 
-    folder = write_image_folder(tmp_path / "images", per_class=28)
+    # two reds a network cannot tell apart: validation errors, so each phase has its own temperature
+    colors = {**CLASS_COLORS, "also_red": (222, 31, 30)}
+    folder = write_image_folder(tmp_path / "images", per_class=20, colors=colors)
     data = tk.load_folder(folder, image_size=32, validation_split=0.25, batch_size=8)
     assert data.num_validation >= 20  # enough images to fit a temperature on
     labels = np.asarray(data.validation_files.labels)
@@ -337,10 +342,50 @@ def test_fit_keeps_the_phase_with_the_lower_calibrated_validation_loss(tmp_path)
     best = tuner.best_epoch
     assert best.phase == min(ends, key=ends.get)
     assert best.calibrated_loss == pytest.approx(ends[best.phase], rel=1e-4)
+    assert abs(np.log(tuner.calibration.temperature)) > 0.1  # the temperature did something
     # the temperature folded in after the phases leaves the calibrated loss as it was
     assert calibrated_loss(tuner.predict(paths).probabilities, labels) == pytest.approx(best.calibrated_loss, rel=1e-3)
     metrics = tuner.write_report(data, tmp_path / "run")
     assert metrics["best"]["calibrated_loss"] == pytest.approx(best.calibrated_loss)
+
+
+def test_calibrated_loss_overrides_accuracy_and_plain_loss_and_is_skipped_when_every_image_is_right(
+        tmp_path, monkeypatch):
+    folder = write_image_folder(tmp_path / "images", per_class=28)
+    data = tk.load_folder(folder, image_size=32, validation_split=0.25, batch_size=8)
+    plain = _tuner()
+    plain.fit(data, verbose=0)
+    # colour gives the class away: both phases get every validation image right, so no
+    # temperature can be fitted and the lower plain loss decides, as with few images
+    assert plain.history["fine_tune"]["val_accuracy"][-1] == plain.history["head"]["val_accuracy"][-1] == 1.0
+    assert plain.best_epoch.phase == "fine_tune" and plain.best_epoch.calibrated_loss is None
+    assert plain.history["fine_tune"]["val_loss"][-1] < plain.history["head"]["val_loss"][-1]
+    # with a calibrated loss measured (here set by hand), it decides against the plain loss
+    rated = iter([0.1, 0.2])
+    monkeypatch.setattr(tk.FineTuner, "_calibrated_loss", staticmethod(lambda trained, validation: next(rated)))
+    tuner = _tuner()
+    tuner.fit(data, verbose=0)
+    assert tuner.best_epoch.phase == "head" and tuner.best_epoch.calibrated_loss == 0.1
+
+
+def test_calibrated_loss_of_a_phase_end():
+    outputs = np.array([[0.6, 0.4], [0.3, 0.7]] * 11, dtype=np.float32)  # 22 images
+    right = np.array([0, 1] * 11)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Identity()])
+
+    def rated(labels):
+        return tk.FineTuner._calibrated_loss(model, tf.data.Dataset.from_tensor_slices((outputs, labels)).batch(8))
+
+    from transferkit._calibration import calibrated_loss
+
+    assert rated(right) is None  # every image right: the best temperature would be the bound
+    wrong = right.copy()
+    wrong[0] = 1
+    assert rated(wrong) == pytest.approx(calibrated_loss(outputs, wrong))
+    assert rated(wrong[:, None]) == pytest.approx(calibrated_loss(outputs, wrong))  # labels shaped (n, 1)
+    assert rated(np.eye(2)[wrong]) == pytest.approx(calibrated_loss(outputs, wrong))  # one-hot labels
+    assert tk.FineTuner._calibrated_loss(model, tf.data.Dataset.from_tensor_slices(
+        (outputs[:19], wrong[:19])).batch(8)) is None  # fewer than 20 images: one temperature is a guess
 
 
 def test_keep_best_phase_compares_phase_ends_only(image_folder):

@@ -139,11 +139,12 @@ class FineTuner:
             augmented data uncached). Faster, but not the same result: see docs/speed.md.
         keep_best: Which weights to keep after each phase. ``"phase"`` (default, or ``True``):
             the best validated end of a phase so far — the lowest validation loss after
-            temperature scaling (with fewer than 20 validation images: highest validation
-            accuracy, ties to the lower loss) — so a fine-tune phase that ends worse than the
-            head phase leaves the head phase's weights. ``"epoch"``: the best validated epoch of any phase (on a small
-            validation split this picks noise; see docs/benchmarks.md). ``False``: the last
-            epoch. :attr:`best_epoch` says which was kept.
+            temperature scaling (with fewer than 20 validation images, or where a phase gets
+            every one right: highest validation accuracy, ties to the lower loss; multi-label
+            and regression heads: the lowest loss) — so a fine-tune phase that ends worse than
+            the head phase leaves the head phase's weights. ``"epoch"``: the best validated
+            epoch of any phase (on a small validation split this picks noise; see
+            docs/benchmarks.md). ``False``: the last epoch. :attr:`best_epoch` says which was kept.
         refit: After the phases, train again from the pretrained weights on the training and
             validation images together, for the epochs of the phases kept (the fine-tune phase
             only if it was kept). ``"auto"`` (default) does this for ImageData from files of at
@@ -479,7 +480,7 @@ class FineTuner:
             # leave the model compiled as every other phase does: integer labels, one optimizer
             self._compile(model, dataclasses.replace(phase, label_smoothing=0.0, mix=None, lr_decay=1.0),
                           batches.train)
-        if self.keep_best == "phase" and val_ds is not None and self._ranks_by_accuracy():
+        if self.keep_best and self.keep_best != "epoch" and val_ds is not None and self._ranks_by_accuracy():
             keeper.rate(self._calibrated_loss(trained, val_ds))
         self._best = keeper.restore() if self.keep_best else None  # None: the last epoch's weights
         self._loaded_best = None  # the weights no longer come from the saved run
@@ -494,11 +495,14 @@ class FineTuner:
     @staticmethod
     def _calibrated_loss(trained: keras.Model, validation: tf.data.Dataset) -> float | None:
         """The validation loss of the weights a phase ended with, after the temperature that suits
-        them best (``None`` on fewer than ``MIN_IMAGES`` images: one temperature would be a guess)."""
+        them best. ``None`` (the phases are then ranked by accuracy, then plain loss) on fewer than
+        ``MIN_IMAGES`` images, where one temperature would be a guess, and where every image is
+        right, where the best temperature is as low as the search allows and the loss about 0."""
         outputs, labels = outputs_and_labels(trained, validation)
-        if labels.ndim == 2:  # one-hot labels of a label-smoothing or mixing phase
+        if labels.ndim == 2 and labels.shape[1] > 1:  # one-hot labels of a label-smoothing or mixing phase
             labels = labels.argmax(axis=1)
-        if len(labels) < MIN_IMAGES:
+        labels = labels.reshape(-1)
+        if len(labels) < MIN_IMAGES or np.all(np.asarray(outputs).argmax(axis=1) == labels):
             return None
         return calibrated_loss(outputs, labels)
 

@@ -11,7 +11,8 @@ validation data the last weights are kept.
 Within a phase (``keep_best="epoch"``), "best" is the highest validation accuracy, ties going to
 the lower validation loss, for single-label classifiers; the lowest validation loss for
 multi-label and regression heads. Between phase ends of a single-label classifier, with at least
-``MIN_IMAGES`` validation images, the phase with the lower **calibrated** validation loss wins:
+``MIN_IMAGES`` validation images and not all of them right, the phase with the lower
+**calibrated** validation loss wins:
 the negative log-likelihood after the temperature that suits that phase's outputs best (the one
 temperature scaling would fold in). The plain loss picks badly across phases: fine-tuning makes a
 classifier more confident, which can raise the loss on a small validation split while accuracy
@@ -47,8 +48,9 @@ class BestEpoch:
         val_loss: Its validation loss.
         val_accuracy: Its validation accuracy (``None`` for a head without an accuracy metric).
         calibrated_loss: Its validation loss after temperature scaling, which ranks phase ends
-            (``None`` where it was not measured: fewer than 20 validation images, not a
-            single-label head, or ``keep_best="epoch"``).
+            (``None`` where it was not measured: fewer than 20 validation images, every one of
+            them right, not a single-label head, ``keep_best="epoch"``, or a run or checkpoint
+            written before phase ends were ranked this way).
     """
 
     phase: str

@@ -307,6 +307,11 @@ def test_phase_ends_rank_by_calibrated_loss_where_both_have_one():
     assert dataclasses.replace(tuned, calibrated_loss=None).beats(head)  # unmeasured: accuracy, then loss
     assert not dataclasses.replace(tuned, calibrated_loss=0.270).beats(head)  # a tie keeps the earlier phase
 
+    assert BestEpoch.from_dict(tuned.to_dict()) == tuned
+    assert BestEpoch.from_dict({**tuned.to_dict(), "added_later": 1}) == tuned  # a later version's record
+    old = {key: value for key, value in head.to_dict().items() if key != "calibrated_loss"}  # an earlier one's
+    assert BestEpoch.from_dict(old) == dataclasses.replace(head, calibrated_loss=None)
+
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3, activation="softmax")])
     before = [w.copy() for w in model.get_weights()]
     keeper = BestWeights(model, phase="fine_tune", previous=Snapshot(head, before), by_accuracy=True)

@@ -590,7 +590,7 @@ class FineTuner:
         assign(model.variables, self._checkpoint.arrays(stage), what="variables", where=self._checkpoint.directory)
         self._compile(model, dataclasses.replace(phase, label_smoothing=0.0, mix=None, lr_decay=1.0), batches.train)
         self.history = {k: dict(v) for k, v in stage.history.items()}
-        self._best = Snapshot(BestEpoch(**stage.best), model.get_weights()) if stage.best is not None else None
+        self._best = Snapshot(BestEpoch.from_dict(stage.best), model.get_weights()) if stage.best is not None else None
         self._trained = True
         self._loaded_best = None
         self.refitted = self._held_out = self.calibration = None
@@ -1123,7 +1123,7 @@ class FineTuner:
         tuner.resize, tuner.background, tuner.history = meta.resize, meta.background, meta.history
         if meta.best is not None:  # the saved weights are the best ones: later phases have to beat them
             # where the saved weights came from; new training is judged on its own validation data
-            tuner._loaded_best = BestEpoch(**meta.best)
+            tuner._loaded_best = BestEpoch.from_dict(meta.best)
         if meta.calibration is not None:
             tuner.calibration = Calibration.from_dict(meta.calibration)
         if meta.refit is not None:

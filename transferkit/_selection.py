@@ -83,6 +83,12 @@ class BestEpoch:
         return {"phase": self.phase, "epoch": self.epoch, "val_loss": self.val_loss,
                 "val_accuracy": self.val_accuracy, "calibrated_loss": self.calibrated_loss}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BestEpoch:
+        """Read :meth:`to_dict`'s output; keys it does not know (from a later version) are left out."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
 
 @dataclass(frozen=True)
 class Refit:
@@ -152,9 +158,9 @@ class BestWeights(keras.callbacks.Callback):
 
     def load_state(self, state: dict[str, Any], weights: list[np.ndarray]) -> None:
         """Take up the state :meth:`state` returned."""
-        self._last = BestEpoch(**state["last"]) if state.get("last") else None
+        self._last = BestEpoch.from_dict(state["last"]) if state.get("last") else None
         self._validated = bool(state.get("validated"))
-        self._own = Snapshot(BestEpoch(**state["own"]), list(weights)) if state.get("own") else None
+        self._own = Snapshot(BestEpoch.from_dict(state["own"]), list(weights)) if state.get("own") else None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         logs = logs or {}

@@ -121,6 +121,11 @@ def _nll(probabilities: np.ndarray, labels: np.ndarray, temperature: float) -> f
     return float(-np.mean(np.log(scaled[np.arange(len(labels)), labels] + _EPSILON)))
 
 
+def _fittable(probabilities: np.ndarray, labels: np.ndarray) -> bool:
+    """Whether a temperature can be fitted: enough images, and not every one of them right."""
+    return len(labels) >= MIN_IMAGES and not np.all(np.asarray(probabilities).argmax(axis=1) == labels)
+
+
 def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
     """The temperature in [0.05, 20] with the lowest negative log-likelihood (golden-section search on log T).
 
@@ -132,7 +137,7 @@ def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
     labels = np.asarray(labels, dtype=np.int64)
     if len(labels) == 0:
         raise ConfigError("Calibration needs validation images; there are none.")
-    if np.all(np.asarray(probabilities).argmax(axis=1) == labels) or len(labels) < MIN_IMAGES:
+    if not _fittable(probabilities, labels):
         return 1.0
     lo, hi = math.log(0.05), math.log(20.0)
     ratio = (math.sqrt(5) - 1) / 2
@@ -150,9 +155,13 @@ def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float(math.exp((lo + hi) / 2))
 
 
-def calibrated_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    """The negative log-likelihood of the labels after :func:`fit_temperature`'s temperature."""
+def calibrated_loss(probabilities: np.ndarray, labels: np.ndarray) -> float | None:
+    """The negative log-likelihood of the labels after :func:`fit_temperature`'s temperature;
+    ``None`` where no temperature can be fitted (fewer than ``MIN_IMAGES`` images, or every one
+    right: the best temperature would be the search's bound and the loss about 0)."""
     labels = np.asarray(labels, dtype=np.int64)
+    if not _fittable(probabilities, labels):
+        return None
     return _nll(probabilities, labels, fit_temperature(probabilities, labels))
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from transferkit._cache_plan import cached_datasets, plan_cache
-from transferkit._calibration import MIN_IMAGES, Calibration, calibrate, calibrated_loss, fold_temperature
+from transferkit._calibration import Calibration, calibrate, calibrated_loss, fold_temperature
 from transferkit._checkpoint import Checkpoint, EpochRecorder, StageResume, assign, restore_epoch, skip_epochs
 from transferkit._errors import ConfigError, DataError, NotFittedError, TrainingDivergedError, check_choice
 from transferkit._features import FeatureCache, files_digest
@@ -495,16 +495,12 @@ class FineTuner:
     @staticmethod
     def _calibrated_loss(trained: keras.Model, validation: tf.data.Dataset) -> float | None:
         """The validation loss of the weights a phase ended with, after the temperature that suits
-        them best. ``None`` (the phases are then ranked by accuracy, then plain loss) on fewer than
-        ``MIN_IMAGES`` images, where one temperature would be a guess, and where every image is
-        right, where the best temperature is as low as the search allows and the loss about 0."""
+        them best; ``None`` where no temperature can be fitted (the phases are then ranked by
+        accuracy, then plain loss)."""
         outputs, labels = outputs_and_labels(trained, validation)
         if labels.ndim == 2 and labels.shape[1] > 1:  # one-hot labels of a label-smoothing or mixing phase
             labels = labels.argmax(axis=1)
-        labels = labels.reshape(-1)
-        if len(labels) < MIN_IMAGES or np.all(np.asarray(outputs).argmax(axis=1) == labels):
-            return None
-        return calibrated_loss(outputs, labels)
+        return calibrated_loss(outputs, labels.reshape(-1))
 
     def _copies(self, name: str, phase: Phase, model: keras.Model, trained: keras.Model) -> list[FoldMembers]:
         """The callback that folds ``phase.heads`` copies of the head into it, with the model that trains

@@ -55,22 +55,12 @@ from transferkit._phases import FINE_TUNE_PHASE, HEAD_PHASE, SOLVE_MAX_IMAGES, P
 from transferkit._saving import FORMAT, RunMetadata, load_run, save_run
 from transferkit._selection import BestEpoch, BestWeights, Divergence, DivergenceGuard, Refit, Snapshot
 from transferkit._solve import HeadSolution, solve_head
-from transferkit._types import (
-    Callbacks,
-    Color,
-    EvalData,
-    History,
-    Images,
-    PathLike,
-    TrainData,
-    ValidationData,
-    Verbose,
-    Weights,
-)
+from transferkit._types import Callbacks, Color, History, PathLike, Verbose, Weights
 from transferkit.backbones._groups import layer_groups
 from transferkit.backbones._registry import BackboneSpec, get_backbone, list_backbones
 from transferkit.data._augment import Augment
 from transferkit.data._images import WHITE
+from transferkit.data._kinds import EvalData, Images, TrainData, ValidationData
 from transferkit.data._loaders import ImageData, all_images, load_folder
 from transferkit.data._pipelines import PipelineSettings
 

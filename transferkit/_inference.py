@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from transferkit._errors import ConfigError, DataError
-from transferkit._types import EvalData, Images
+from transferkit.data._kinds import EvalData, Images
 from transferkit.data._augment import Augment
 from transferkit.data._images import as_image_batch, load_image
 from transferkit.data._loaders import ImageData

@@ -12,10 +12,6 @@ from typing import TYPE_CHECKING, Literal, Union
 
 if TYPE_CHECKING:
     import keras
-    import numpy as np
-    import tensorflow as tf
-
-    from transferkit.data._loaders import ImageData
 
 PathLike = Union[str, "os.PathLike[str]"]
 """A file or folder path."""
@@ -34,15 +30,3 @@ Verbose = int | Literal["auto"]
 
 Callbacks = Sequence["keras.callbacks.Callback"]
 """Keras callbacks passed through to ``model.fit``."""
-
-TrainData = Union["ImageData", "tf.data.Dataset", str, "os.PathLike[str]"]
-"""What a training phase accepts: a loader's ImageData, ``(images, labels)`` batches, or a class folder."""
-
-ValidationData = Union["ImageData", "tf.data.Dataset"]
-"""Validation batches: a dataset of ``(images, labels)``, or ImageData (its validation split)."""
-
-EvalData = Union["ImageData", "tf.data.Dataset", str, "os.PathLike[str]"]
-"""What :meth:`FineTuner.evaluate` accepts: ImageData (its validation split), batches, or a class folder."""
-
-Images = Union[str, "os.PathLike[str]", Sequence[Union[str, "os.PathLike[str]"]], "np.ndarray", "tf.data.Dataset"]
-"""What :meth:`FineTuner.predict` accepts: a file, a folder, a list of files, raw pixels, or image batches."""

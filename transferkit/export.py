@@ -54,7 +54,8 @@ from transferkit._errors import ConfigError, DataError, MissingDependencyError, 
 from transferkit._finetuner import FineTuner
 from transferkit._inference import prediction_input
 from transferkit._metrics import Predictions
-from transferkit._types import Color, Images, PathLike
+from transferkit._types import Color, PathLike
+from transferkit.data._kinds import Images
 from transferkit.data._images import RESIZE_MODES, WHITE, printable
 from transferkit.data._pipelines import PipelineSettings, file_pipeline
 from transferkit.data._sources import ImageFiles, scan_folder

@@ -52,6 +52,7 @@ from transferkit._model import (
     model_parts,
 )
 from transferkit._phases import FINE_TUNE_PHASE, HEAD_PHASE, SOLVE_MAX_IMAGES, Phase, steps_per_epoch
+from transferkit._run import TrainedRun
 from transferkit._saving import FORMAT, RunMetadata, load_run, save_run
 from transferkit._selection import BestEpoch, BestWeights, Divergence, DivergenceGuard, Refit, Snapshot
 from transferkit._solve import HeadSolution, solve_head
@@ -308,6 +309,15 @@ class FineTuner:
         log.info("Built %s (%s weights) at %d px with %d outputs", self.spec.name,
                  "random" if self.weights is None else self.weights, self.image_size, n)
         return self.model
+
+    @property
+    def result(self) -> TrainedRun:
+        """The trained result: the model and what is known about it (what :meth:`save` writes)."""
+        return TrainedRun(model=self._require_model(), spec=self.spec,
+                          weights=None if self.weights is None else str(self.weights),
+                          class_names=self._require_classes(), head=self._head(), image_settings=self._image_settings(),
+                          history=self.history, best=self.best_epoch, refit=self.refitted, calibration=self.calibration,
+                          solutions=self.solutions, divergences=self.divergences, trained=self._trained)
 
     def _require_model(self) -> keras.Model:
         if self.model is None:

@@ -111,6 +111,11 @@ class Refit:
     def to_dict(self) -> dict[str, object]:
         return {"phases": list(self.phases), "epochs": list(self.epochs), "images": self.images}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Refit:
+        return cls(phases=tuple(data["phases"]), epochs=tuple(int(e) for e in data["epochs"]),
+                   images=int(data["images"]))
+
 
 @dataclass
 class Snapshot:

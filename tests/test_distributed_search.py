@@ -1,8 +1,9 @@
 """`transferkit tune` as keras-tuner's distributed search: a chief and workers on 127.0.0.1.
 
-Each process is a real `transferkit tune` subprocess with keras-tuner's environment variables, on a
-fresh port, with a timeout, and killed by process id in a ``finally`` (a chief left running would
-answer the next search on its port).
+In the whole-search tests (marked slow), each process is a real `transferkit tune` subprocess with
+keras-tuner's environment variables, on a fresh port, with a timeout, and killed by process id in a
+``finally`` (a chief left running would answer the next search on its port). The others check the
+chief's watchdog, the heartbeat, the port and a worker without a chief in this process.
 """
 
 from __future__ import annotations
@@ -20,18 +21,17 @@ import keras_tuner as kt
 import pytest
 from conftest import write_image_folder
 
-from transferkit._errors import ConfigError
-from transferkit._tuning import (
+from transferkit._distributed_search import (
     Distributed,
     SearchError,
-    _give_up_on_silent_workers,
-    _heartbeat,
-    _no_worker_left,
-    _serve,
-    _servicer_class,
-    search,
-    search_space,
+    give_up_on_silent_workers,
+    heartbeat,
+    no_worker_left,
+    serve,
+    servicer_class,
 )
+from transferkit._errors import ConfigError
+from transferkit._tuning import search, search_space
 
 TIMEOUT = 150  # seconds for a whole search; it takes about 30 on 2 busy cores
 
@@ -80,6 +80,7 @@ def data(tmp_path: Path) -> Path:
     return write_image_folder(tmp_path / "data", per_class=8)
 
 
+@pytest.mark.slow  # three `transferkit tune` processes: about 30 s on 2 busy cores
 def test_a_chief_and_two_workers_run_the_search_and_extract_the_features_once(data, tmp_path):
     run = tmp_path / "run"
     command = _tune(data, run, "--max-trials", "6", "--epochs", "2")
@@ -118,6 +119,7 @@ def test_a_chief_and_two_workers_run_the_search_and_extract_the_features_once(da
     assert not (run / "search" / "tiny_cnn" / "trial_seconds.json").exists()
 
 
+@pytest.mark.slow  # two `transferkit tune` processes: about 20 s on 2 busy cores
 def test_the_chief_gives_up_on_a_killed_worker_and_finishes_with_the_trials_that_completed(data, tmp_path):
     run = tmp_path / "run"
     project = run / "search" / "tiny_cnn"
@@ -158,16 +160,16 @@ def test_watchdog_fails_the_trial_of_a_silent_worker_and_stops_after_three_failu
     silent, busy = oracle.create_trial("tuner0"), oracle.create_trial("tuner1")
     now = time.monotonic()
     heard = {"tuner0": now - 11, "tuner1": now}
-    assert _give_up_on_silent_workers(oracle, heard, 10) == ["tuner0"]
+    assert give_up_on_silent_workers(oracle, heard, 10) == ["tuner0"]
     assert oracle.trials[silent.trial_id].status == "FAILED" and "tuner0" in oracle.trials[silent.trial_id].message
-    assert oracle.trials[busy.trial_id].status == "RUNNING" and not _no_worker_left(oracle)
+    assert oracle.trials[busy.trial_id].status == "RUNNING" and not no_worker_left(oracle)
 
     heard["tuner1"] = now - 11
-    assert _give_up_on_silent_workers(oracle, heard, 10) == ["tuner1"]
-    assert _no_worker_left(oracle)  # the chief now ends with the trials that completed (none here)
+    assert give_up_on_silent_workers(oracle, heard, 10) == ["tuner1"]
+    assert no_worker_left(oracle)  # the chief now ends with the trials that completed (none here)
     third = oracle.create_trial("tuner2")
     heard["tuner2"] = now - 11
-    _give_up_on_silent_workers(oracle, heard, 10)  # the third failure in a row: no more trials
+    give_up_on_silent_workers(oracle, heard, 10)  # the third failure in a row: no more trials
     assert oracle.trials[third.trial_id].status == "FAILED"
     assert oracle.create_trial("tuner3").status == "STOPPED"
 
@@ -178,20 +180,20 @@ def test_a_worker_in_a_trial_is_heard_from_through_its_heartbeat(tmp_path):
     oracle = _oracle(tmp_path)
     trial = oracle.create_trial("tuner0")
     heard: dict[str, float] = {}
-    servicer = _servicer_class()(oracle, heard)
+    servicer = servicer_class()(oracle, heard)
 
     class Client:  # the worker's side of the channel, straight into the chief's service
         def get_trial(self, trial_id: str) -> None:
             servicer.GetTrial(protos.get_service().GetTrialRequest(trial_id=trial_id), None)
 
-    with _heartbeat(Client(), trial.trial_id, every=0.02):
+    with heartbeat(Client(), trial.trial_id, every=0.02):
         time.sleep(0.2)
         assert time.monotonic() - heard["tuner0"] < 0.15  # a long trial stays clear of the watchdog
     time.sleep(0.05)  # a beat under way when the trial ended
     last = heard["tuner0"]
     time.sleep(0.1)
     assert heard["tuner0"] == last  # no heartbeat once the trial is over
-    assert _give_up_on_silent_workers(oracle, heard, 10) == []
+    assert give_up_on_silent_workers(oracle, heard, 10) == []
 
 
 def test_a_chief_refuses_a_port_another_chief_holds():
@@ -205,7 +207,7 @@ def test_a_chief_refuses_a_port_another_chief_holds():
     leftover.start()
     try:
         with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}: the port is taken"):
-            _serve(object(), Distributed("chief", "127.0.0.1", port), 1.0)
+            serve(object(), Distributed("chief", "127.0.0.1", port), 1.0)
     finally:
         leftover.stop(None)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 from conftest import write_image_folder
@@ -36,7 +37,7 @@ def test_head_search_shares_one_feature_extraction_and_resumes(data, tmp_path):
 
 def test_head_only_trials_build_the_backbone_once_and_score_on_cached_features(data, tmp_path, monkeypatch):
     import transferkit._model as model_module
-    from transferkit._tuning import _score
+    from transferkit._tuning import trial_score
 
     built = []
 
@@ -53,15 +54,29 @@ def test_head_only_trials_build_the_backbone_once_and_score_on_cached_features(d
     # the score a trial gets without a second pass equals evaluating the trained model on the images
     tuner = result.settings.tuner({"units": 0, "dropout": 0.0, "learning_rate": 0.01}, cache=FeatureCache())
     tuner.fit(data, verbose=0)
-    assert tuner._held_out is not None
-    assert _score(tuner, data) == pytest.approx(tuner.evaluate(data).accuracy)
+    evaluated = tuner.evaluate(data).accuracy
+    passes = []
+    monkeypatch.setattr(tuner, "evaluate", lambda *args, **kwargs: passes.append(args))
+    assert trial_score(tuner, data) == pytest.approx(evaluated)
+    assert passes == []  # scored from the evaluation fit made, not by running the model again
 
 
 @pytest.mark.parametrize("tuner", ["bayesian", "hyperband"])
 def test_two_phase_trials_with_other_tuners(data, tmp_path, tuner):
     result = search(data, "tiny_cnn", weights="imagenet", max_trials=2, epochs=2, fine_tune=True,
                     fine_tune_epochs=1, tuner=tuner, directory=tmp_path)
-    assert result.rows and "fine_tune_blocks" in result.rows[0]
+    # two trials each: max_trials for Bayesian; Hyperband with at most 2 epochs runs one bracket of 2
+    assert len(result.rows) == 2 and len({row["trial"] for row in result.rows}) == 2
+    for row in result.rows:  # each row is what keras-tuner recorded for its trial
+        recorded = json.loads((result.directory / f"trial_{row['trial']}" / "trial.json").read_text())
+        values = {k: v for k, v in recorded["hyperparameters"]["values"].items() if not k.startswith("tuner/")}
+        assert recorded["status"] == "COMPLETED" and row["score"] == pytest.approx(recorded["score"])
+        assert {k: v for k, v in row.items() if k not in ("trial", "score", "seconds")} == values
+        assert 0 <= row["score"] <= 1 and row["seconds"] > 0
+        assert 1 <= row["fine_tune_blocks"] <= 4 and 1e-5 <= row["fine_tune_learning_rate"] <= 1e-3
+    best = {k: v for k, v in result.best_values.items() if not k.startswith("tuner/")}
+    assert result.best_score == max(row["score"] for row in result.rows)
+    assert any(row["score"] == result.best_score and {k: row[k] for k in best} == best for row in result.rows)
 
 
 def test_tune_command_writes_table_plot_and_best_model(data, tmp_path, capsys):

@@ -8,12 +8,10 @@ trial's model twice on its own (keras-tuner#629), hence the custom ``run_trial``
 
 The same :func:`search` runs as keras-tuner's distributed search when its environment variables
 are set (``KERASTUNER_TUNER_ID``, ``KERASTUNER_ORACLE_IP``, ``KERASTUNER_ORACLE_PORT``): the chief
-serves the oracle and runs no trial; each worker asks it for trials. Where keras-tuner's chief would
-wait forever for a worker that died mid-trial (keras-tuner#915), this one gives up on a worker it
-has not heard from for ``worker_timeout`` seconds (workers send a heartbeat during each trial) and
-fails its trial: see :func:`_give_up_on_silent_workers`, the one place that ends a trial for a
-worker. Workers extract the head features into a shared disk cache once, under a lock, before
-their first trial.
+serves the oracle and runs no trial; each worker asks it for trials. What the chief and the workers
+add to keras-tuner (serving the oracle, giving up on silent workers, heartbeats, deadlines) is in
+:mod:`transferkit._distributed_search`. Workers extract the head features into a shared disk cache
+once, under a lock, before their first trial.
 
 Example:
     >>> result = search(data, "mobilenet", weights="imagenet", max_trials=20, directory="search/")
@@ -23,16 +21,12 @@ Example:
 
 from __future__ import annotations
 
-import collections.abc
-import contextlib
 import csv
 import dataclasses
 import json
-import logging
 import math
 import os
 import socket
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,13 +35,17 @@ from typing import TYPE_CHECKING, Any
 import keras
 
 from transferkit._atomic import atomic_path, waiting_lock, write_text_atomic
-from transferkit._errors import (
-    ConfigError,
-    MissingDependencyError,
-    TrainingDivergedError,
-    TransferkitError,
-    check_choice,
+from transferkit._distributed_search import (
+    WORKER_TIMEOUT,
+    Distributed,
+    SearchError,
+    deadline_stub,
+    require_keras_tuner,
+    run_chief,
+    run_worker,
+    worker_heartbeat,
 )
+from transferkit._errors import ConfigError, TrainingDivergedError, check_choice
 from transferkit._features import FeatureCache
 from transferkit._finetuner import FineTuner
 from transferkit._freezing import UnfreezeTop
@@ -61,83 +59,17 @@ from transferkit.data._loaders import ImageData
 if TYPE_CHECKING:
     import keras_tuner
 
-log = logging.getLogger("transferkit")
-
 TUNERS = ("random", "bayesian", "hyperband")
 MAX_TRIALS = 20
 EPOCHS = 10
 FINE_TUNE_EPOCHS = 3
-WORKER_TIMEOUT = 120.0  # seconds without word from a worker before the chief fails its trial
 TRIAL_FILE = "transferkit_trial.json"  # in each trial's folder: its seconds and the process that ran it
 _LEGACY_TIMES = "trial_seconds.json"  # one file per project before searches ran in several processes
-_CONSECUTIVE_FAILURES = 3  # keras-tuner's default limit, enforced by the chief in a distributed search
-_POLL = 0.2  # seconds between the chief's checks of its workers
-
-
-class SearchError(TransferkitError, RuntimeError):
-    """A search that cannot go on: no trial completed, or a worker lost its chief."""
-
-
-def _keras_tuner() -> Any:
-    try:
-        import keras_tuner
-    except ImportError:
-        raise MissingDependencyError("Search needs keras-tuner. Fix: pip install keras-tuner tensorboard") from None
-    return keras_tuner
-
-
-@dataclass(frozen=True)
-class Distributed:
-    """This process's part in keras-tuner's distributed search, read from its environment.
-
-    Attributes:
-        tuner_id: ``KERASTUNER_TUNER_ID``: ``chief`` for the chief (keras-tuner's test is that the id
-            contains "chief"), a distinct id per worker (``tuner0``, ``tuner1``, …).
-        host: ``KERASTUNER_ORACLE_IP``: where the chief listens and the workers connect.
-        port: ``KERASTUNER_ORACLE_PORT``.
-    """
-
-    tuner_id: str
-    host: str
-    port: int
-
-    @property
-    def chief(self) -> bool:
-        return "chief" in self.tuner_id
-
-    @property
-    def role(self) -> str:
-        return "chief" if self.chief else "worker"
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"  # as keras-tuner forms it
-
-    @classmethod
-    def from_environment(cls, environ: collections.abc.Mapping[str, str] | None = None) -> Distributed | None:
-        """The distributed setting, or ``None`` when ``KERASTUNER_ORACLE_IP`` is unset (one process)."""
-        env = os.environ if environ is None else environ
-        host = env.get("KERASTUNER_ORACLE_IP")
-        if host is None:
-            return None
-        example = ("KERASTUNER_TUNER_ID=chief (one process) or tuner0, tuner1, … (the workers), "
-                   "KERASTUNER_ORACLE_IP=<the chief's address>, KERASTUNER_ORACLE_PORT=<a free port>")
-        missing = [name for name in ("KERASTUNER_ORACLE_PORT", "KERASTUNER_TUNER_ID") if not env.get(name)]
-        if missing or not host:
-            unset = missing or ["KERASTUNER_ORACLE_IP"]
-            raise ConfigError(f"KERASTUNER_ORACLE_IP={host!r} asks for keras-tuner's distributed search, but "
-                              f"{' and '.join(unset)} {'is' if len(unset) == 1 else 'are'} not set. Set all three "
-                              f"in every process ({example}), or none for a search in one process.")
-        port = env["KERASTUNER_ORACLE_PORT"]
-        if not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(f"Expected KERASTUNER_ORACLE_PORT to be a port number (1–65535). Received: "
-                              f"KERASTUNER_ORACLE_PORT={port!r}.")
-        return cls(tuner_id=env["KERASTUNER_TUNER_ID"], host=host, port=int(port))
 
 
 def search_space(*, fine_tune: bool = False) -> keras_tuner.HyperParameters:
     """The hyperparameters searched: head size, dropout, learning rate (and fine-tune depth and rate)."""
-    kt = _keras_tuner()
+    kt = require_keras_tuner()
     hp = kt.HyperParameters()
     hp.Choice("units", [0, 64, 128, 256, 512])
     hp.Float("dropout", 0.0, 0.5, step=0.1)
@@ -234,7 +166,11 @@ def share_head_features(settings: TrialSettings, data: ImageData, cache: Feature
     return SharedFeatures(cache.directory, tuple(extracted), tuple(loaded), waited)
 
 
-def _score(tuner: FineTuner, data: ImageData) -> float:
+# --- the only two places a trial reaches into a FineTuner's private state: FineTuner has no public way
+# to hand over the evaluation its fit made, or to take a backbone an earlier trial built --------------
+
+
+def trial_score(tuner: FineTuner, data: ImageData) -> float:
     """A trained trial's validation accuracy: from the evaluation its fit made on the cached
     validation features when there is one (calibration does not change the top class), else by
     running the model over the validation images."""
@@ -244,160 +180,17 @@ def _score(tuner: FineTuner, data: ImageData) -> float:
     return float(tuner.evaluate(data).accuracy)
 
 
-# --- keras-tuner's distributed search: what the chief and the workers add to it --------------------
+def _share_backbone(tuner: FineTuner, network: keras.Model | None) -> None:
+    """Give an untrained head-only trial the frozen backbone an earlier trial built (``None``: it
+    builds its own)."""
+    tuner._network = network
 
 
-@contextlib.contextmanager
-def _heartbeat(oracle: Any, trial_id: str, every: float) -> collections.abc.Iterator[None]:
-    """While a worker runs a trial, ask the chief for it every ``every`` seconds: the chief counts
-    any call about a trial as word from the worker running it."""
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(every):
-            with contextlib.suppress(Exception):  # a lost chief shows in the worker's next real call
-                oracle.get_trial(trial_id)
-
-    threading.Thread(target=beat, name=f"transferkit-heartbeat-{trial_id}", daemon=True).start()
-    try:
-        yield
-    finally:
-        stop.set()
-
-
-def _heartbeat_interval(worker_timeout: float) -> float:
-    return min(10.0, worker_timeout / 4)
-
-
-def _give_up_on_silent_workers(oracle: Any, heard: dict[str, float], worker_timeout: float) -> list[str]:
-    """The chief's watchdog: forget each worker not heard from for ``worker_timeout`` seconds, and
-    end its running trial as FAILED, so that the search finishes with the trials that completed.
-
-    keras-tuner's chief waits until every worker it handed a trial has ended it and asked for
-    the next (keras-tuner#915): a worker killed mid-trial would keep it waiting forever. This is
-    the only place where the chief ends a trial for a worker. A given-up worker that was only
-    slow and reports later still gets its result recorded. Also stops handing out trials after
-    ``_CONSECUTIVE_FAILURES`` failed ones in a row (keras-tuner's own check raises inside the
-    oracle's lock, which would leave the chief hung, so the chief's oracle has it turned off).
-    Call with the oracle's lock held (``keras_tuner.synchronized``); it never raises, which
-    would leave that lock held. Returns the ids given up.
-    """
-    now = time.monotonic()
-    given_up = []
-    for tuner_id in sorted(oracle.tuner_ids):
-        silent = now - heard.setdefault(tuner_id, now)  # registered just now: heard from
-        if silent <= worker_timeout:
-            continue
-        trial = oracle.ongoing_trials.get(tuner_id)
-        if trial is not None:
-            trial.status = "FAILED"
-            trial.message = (f"Worker {tuner_id} was not heard from for {silent:.0f} s (killed, or its machine "
-                             "lost); the chief failed its trial.")
-            try:
-                oracle.end_trial(trial)
-            except Exception as error:  # never leave the oracle's lock held
-                log.warning("Ending trial %s of worker %s failed (%s)", trial.trial_id, tuner_id, error)
-                oracle.ongoing_trials.pop(tuner_id, None)
-        oracle.tuner_ids.discard(tuner_id)
-        given_up.append(tuner_id)
-        log.warning("The chief gave up on worker %s: not heard from for %.0f s%s", tuner_id, silent,
-                    f"; its trial {trial.trial_id} is marked failed" if trial is not None else "")
-    ended = [oracle.trials[t].status for t in oracle.end_order[-_CONSECUTIVE_FAILURES:]]
-    if (len(ended) == _CONSECUTIVE_FAILURES and all(s == "FAILED" for s in ended)
-            and (oracle.max_trials is None or oracle.max_trials > len(oracle.trials))):
-        oracle.max_trials = len(oracle.trials)  # every worker's next request gets STOPPED
-        log.warning("%d trials in a row failed: the chief hands out no more trials", _CONSECUTIVE_FAILURES)
-    return given_up
-
-
-def _no_worker_left(oracle: Any) -> bool:
-    return not oracle.tuner_ids and not oracle.ongoing_trials
-
-
-def _servicer_class() -> type:
-    from keras_tuner.src.distribute.oracle_chief import OracleServicer
-
-    class ChiefServicer(OracleServicer):  # type: ignore[misc]
-        """keras-tuner's oracle service, noting when each worker was last heard from."""
-
-        def __init__(self, oracle: Any, heard: dict[str, float]) -> None:
-            super().__init__(oracle)
-            self.heard = heard
-
-        def _heard_about(self, trial_id: str) -> None:
-            for tuner_id, trial in list(self.oracle.ongoing_trials.items()):
-                if trial.trial_id == trial_id:
-                    self.heard[tuner_id] = time.monotonic()
-
-        def CreateTrial(self, request: Any, context: Any) -> Any:  # gRPC's names
-            response = super().CreateTrial(request, context)
-            self.heard[request.tuner_id] = time.monotonic()  # after: by now the oracle knows this worker
-            return response
-
-        def UpdateTrial(self, request: Any, context: Any) -> Any:
-            self._heard_about(request.trial_id)
-            return super().UpdateTrial(request, context)
-
-        def EndTrial(self, request: Any, context: Any) -> Any:
-            self._heard_about(request.trial.trial_id)
-            return super().EndTrial(request, context)
-
-        def GetTrial(self, request: Any, context: Any) -> Any:  # also the workers' heartbeat
-            self._heard_about(request.trial_id)
-            return super().GetTrial(request, context)
-
-    return ChiefServicer
-
-
-def _serve(oracle: Any, distributed: Distributed, worker_timeout: float) -> None:
-    """The chief: serve ``oracle`` to the workers until none is left, giving up on silent ones.
-
-    Replaces keras-tuner's ``oracle_chief.start_server``, which waits forever for a dead worker and
-    checks for the end every 20 s. The port is bound without ``SO_REUSEPORT`` (gRPC's default sets
-    it), so a chief left over on the same port makes this one fail instead of sharing the port with
-    it and taking half of the new search's requests.
-    """
-    from concurrent import futures
-
-    import grpc
-    from keras_tuner.src import protos
-
-    kt = _keras_tuner()
-    heard: dict[str, float] = {}
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1), options=[("grpc.so_reuseport", 0)])
-    protos.get_service_grpc().add_OracleServicer_to_server(_servicer_class()(oracle, heard), server)
-    try:
-        server.add_insecure_port(distributed.address)
-    except RuntimeError:
-        raise ConfigError(f"The chief cannot listen on {distributed.address}: the port is taken (by a chief left "
-                          "over from another search?). Stop that process, or choose another "
-                          "KERASTUNER_ORACLE_PORT for the chief and the workers.") from None
-    server.start()
-    try:
-        while not (heard and kt.synchronized(_no_worker_left)(oracle)):
-            time.sleep(_POLL)
-            kt.synchronized(_give_up_on_silent_workers)(oracle, heard, worker_timeout)
-    finally:
-        server.stop(grace=1.0)  # the last worker's answer (STOPPED) is still on its way
-
-
-def _deadline_stub(address: str, seconds: float) -> Any:
-    """A stub for the chief's service whose calls wait at most ``seconds`` for the chief, instead of
-    keras-tuner's hour (keras-tuner#990)."""
-    import grpc
-    from keras_tuner.src import protos
-
-    class Deadline(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
-        def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-            timeout = seconds if details.timeout is None else min(details.timeout, seconds)
-            return continuation(details._replace(timeout=timeout), request)
-
-    channel = grpc.intercept_channel(grpc.insecure_channel(address), Deadline())
-    return protos.get_service_grpc().OracleStub(channel)
+# --- keras-tuner's tuner classes ---------------------------------------------------------------------
 
 
 def _tuner_class(kind: str) -> type:
-    kt = _keras_tuner()
+    kt = require_keras_tuner()
     base = {"random": kt.RandomSearch, "bayesian": kt.BayesianOptimization, "hyperband": kt.Hyperband}[kind]
 
     class TransferTuner(base):  # type: ignore[misc, valid-type]
@@ -412,22 +205,18 @@ def _tuner_class(kind: str) -> type:
             self.ran: list[dict[str, Any]] = []  # the trials this process ran
             if distributed is not None and not distributed.chief:
                 # keras-tuner's client waits an hour for a chief that is not there (keras-tuner#990)
-                self.oracle.stub = _deadline_stub(distributed.address, worker_timeout)
+                self.oracle.stub = deadline_stub(distributed.address, worker_timeout)
 
         def search(self, *fit_args: object, **fit_kwargs: object) -> None:
             if self._distributed is None or not self._distributed.chief:
                 super().search(*fit_args, **fit_kwargs)
                 return
-            self.oracle.verbose = fit_kwargs.get("verbose", 1)
-            self.save()
-            _serve(self.oracle, self._distributed, self._worker_timeout)
+            run_chief(self, self._distributed, self._worker_timeout, verbose=fit_kwargs.get("verbose", 1))
 
         def run_trial(self, trial: keras_tuner.engine.trial.Trial, *args: object, **kwargs: object
                       ) -> dict[str, float]:
             start = time.perf_counter()
-            worker = self._distributed is not None and not self._distributed.chief
-            with (_heartbeat(self.oracle, trial.trial_id, _heartbeat_interval(self._worker_timeout)) if worker
-                  else contextlib.nullcontext()):
+            with worker_heartbeat(self.oracle, trial.trial_id, self._distributed, self._worker_timeout):
                 score = self._train(trial.hyperparameters.values)
             seconds = time.perf_counter() - start
             record = {"seconds": seconds, "tuner_id": self.tuner_id, "pid": os.getpid(), "host": socket.gethostname()}
@@ -440,10 +229,10 @@ def _tuner_class(kind: str) -> type:
             tuner = self._settings.tuner(values, cache=self._cache)
             head_only = tuner.fine_tune_phase is None
             if head_only:  # its backbone stays frozen: build it once for the whole search
-                tuner._network = self._network
+                _share_backbone(tuner, self._network)
             try:
                 tuner.fit(self._data, verbose=0)
-                score = _score(tuner, self._data)
+                score = trial_score(tuner, self._data)
             except TrainingDivergedError:  # too high a learning rate: a bad trial, not a failed search
                 score = 0.0
             if head_only and self._network is None and tuner.model is not None:
@@ -578,7 +367,7 @@ def search(
     Raises:
         SearchError: No trial completed; or, in a worker, the chief did not answer.
     """
-    kt = _keras_tuner()
+    kt = require_keras_tuner()
     check_choice("tuner", tuner, TUNERS)
     if not worker_timeout > 0:
         raise ConfigError(f"Expected worker_timeout to be a number of seconds above 0. Received: "
@@ -591,7 +380,7 @@ def search(
     cls = _tuner_class(tuner)
     budget: dict[str, Any] = ({"max_epochs": epochs, "hyperband_iterations": 1} if tuner == "hyperband" else
                               {"max_trials": max_trials})
-    if distributed is not None:  # the chief counts failures itself: see _give_up_on_silent_workers
+    if distributed is not None:  # the chief counts failures itself: see give_up_on_silent_workers
         budget["max_consecutive_failed_trials"] = None
     settings = TrialSettings(backbone=spec, weights=weights, epochs=epochs,
                              fine_tune_epochs=fine_tune_epochs if fine_tune else 0, seed=seed)
@@ -607,7 +396,8 @@ def search(
     )
     project = Path(runner.project_dir)
     if distributed is not None and not distributed.chief:
-        return _run_worker(runner, distributed, worker_timeout, features)
+        run_worker(runner, distributed, worker_timeout)
+        return _worker_result(runner.ran, project, settings, distributed, features)
     runner.search(verbose=0)
     rows = _all_trials(runner.oracle, project, distributed=distributed is not None)
     if not rows:
@@ -620,26 +410,11 @@ def search(
                         tuner_id=None if distributed is None else distributed.tuner_id, features=features)
 
 
-def _run_worker(runner: Any, distributed: Distributed, worker_timeout: float, features: SharedFeatures | None
-                ) -> SearchResult:
-    """Run trials until the chief has none left; the result holds this worker's trials."""
-    import grpc
-
-    try:
-        runner.search(verbose=0)
-    except grpc.RpcError as error:
-        code = error.code()
-        if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
-            raise SearchError(
-                f"Worker {distributed.tuner_id}: the chief at {distributed.address} did not answer within "
-                f"{worker_timeout:g} s ({code.name}). It is not running: not started yet, stopped, or done with a "
-                "search that ended before this worker asked for a trial. Start the chief first, or give the "
-                "workers a longer worker_timeout (--worker-timeout).") from None
-        raise SearchError(f"Worker {distributed.tuner_id}: the chief at {distributed.address} answered with an "
-                          f"error ({code.name}: {error.details()}).") from None
-    rows = runner.ran
+def _worker_result(rows: list[dict[str, Any]], project: Path, settings: TrialSettings, distributed: Distributed,
+                   features: SharedFeatures | None) -> SearchResult:
+    """A worker's result: the trials it ran (``rows``), the best of them its best."""
     best = max(rows, key=lambda row: row["score"], default=None)
     values = {k: v for k, v in best.items() if k not in ("trial", "score", "seconds")} if best else {}
     return SearchResult(rows=rows, best_values=values, best_score=best["score"] if best else math.nan,
-                        directory=Path(runner.project_dir), settings=runner._settings, role="worker",
-                        tuner_id=distributed.tuner_id, features=features)
+                        directory=project, settings=settings, role="worker", tuner_id=distributed.tuner_id,
+                        features=features)

@@ -3,7 +3,7 @@
 * :func:`plot_history` — loss and accuracy of both phases on one figure, phase boundary marked;
 * :func:`plot_confusion_matrix` — counts, true class down, predicted class across;
 * :func:`plot_predictions` — a grid of validation images titled "predicted (true)", mistakes in red;
-* :func:`plot_scores` — the trials of a search;
+* :func:`plot_scores` — the scores of a search's trials;
 * :func:`plot_lr_find` — a learning-rate sweep and its suggestion;
 * :func:`write_report` — all of them plus ``metrics.json`` and ``labels.txt`` for one run.
 """
@@ -11,9 +11,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -29,9 +29,6 @@ from transferkit.data._pipelines import PipelineSettings
 
 __all__ = ["plot_confusion_matrix", "plot_history", "plot_lr_find", "plot_predictions", "plot_reliability",
            "plot_scores", "write_report"]
-
-if TYPE_CHECKING:
-    from transferkit._tuning import SearchResult
 
 
 def _pyplot() -> Any:
@@ -160,10 +157,20 @@ def plot_reliability(calibration: Calibration, path: PathLike) -> Path:
     return _save(fig, path)
 
 
-def plot_scores(result: SearchResult, path: PathLike) -> Path:
-    """Score of each trial of a search (a :class:`~transferkit.SearchResult`) in order, with the best so far."""
+def plot_scores(rows: Sequence[Mapping[str, Any]], path: PathLike) -> Path:
+    """Score of each trial of a search in order, with the best so far.
+
+    Args:
+        rows: One mapping per trial, in trial order, each with the trial's validation accuracy as
+            ``score`` (other keys are ignored), such as ``SearchResult.rows``.
+        path: The PNG file to write.
+
+    Example:
+        >>> result = transferkit.search(data, "mobilenet", weights="imagenet", max_trials=20)
+        >>> plot_scores(result.rows, "search_scores.png")
+    """
     plt = _pyplot()
-    scores = [row["score"] for row in result.rows]
+    scores = [row["score"] for row in rows]
     best = [max(scores[: i + 1]) for i in range(len(scores))]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(range(1, len(scores) + 1), scores, "o", label="trial")

@@ -70,7 +70,7 @@ def test_mixed_precision_trains_on_cached_features_in_float16_and_saves(tmp_path
     assert np.isfinite(before).all()
     run = tuner.save(tmp_path / "run")
     loaded = tk.FineTuner.load(run)
-    assert loaded.mixed_precision and _float16_layers(model_parts(loaded.model).backbone) == {"float16"}
+    assert loaded.settings.mixed_precision and _float16_layers(model_parts(loaded.model).backbone) == {"float16"}
     np.testing.assert_allclose(loaded.predict(paths).probabilities, before, rtol=0, atol=1e-6)
     # the loaded outer model's own policy is float32 (Keras would not loss-scale it): transferkit does
     again = CompiledAs()

@@ -56,7 +56,7 @@ def test_fine_tune_caches_activations_at_the_freeze_boundary(folder, caplog):
     with caplog.at_level(logging.INFO, logger="transferkit"):
         tuner.fine_tune(data, verbose=0)
     assert "freeze boundary, (8, 8, 16) per image" in caplog.text  # block2's output, not the final features
-    assert tuner.cache.misses == 2  # train and validation activations, computed once
+    assert tuner.settings.cache.misses == 2  # train and validation activations, computed once
 
 
 def test_augmentation_and_checkpoints_turn_caching_off(folder, caplog, tmp_path):
@@ -161,7 +161,7 @@ def test_phase_with_random_layers_below_the_boundary_is_not_cached(folder, caplo
         with caplog.at_level(logging.INFO, logger="transferkit"):
             tuner.fit(data, verbose=0)
         assert "cached features" not in caplog.text  # neither phase: the dropout lies below both cuts
-        assert tuner.cache.misses == 0 and tuner.cache.entries() == []
+        assert tuner.settings.cache.misses == 0 and tuner.settings.cache.entries() == []
         assert len(tuner.history["fine_tune"]["loss"]) == TUNE.epochs
     finally:
         unregister_backbone("tiny_dropout")
@@ -173,7 +173,7 @@ def test_k_augmented_views_are_cached_when_asked(folder, caplog):
     with caplog.at_level(logging.INFO, logger="transferkit"):
         tuner.train_head(data, verbose=0)
     assert "3 augmented views per image" in caplog.text
-    stored = [tuner.cache.get(key)[0] for key in tuner.cache.entries()]
+    stored = [tuner.settings.cache.get(key)[0] for key in tuner.settings.cache.entries()]
     assert sorted(len(f) for f in stored) == [data.num_validation, 3 * data.num_train]
     views = max(stored, key=len).reshape(3, data.num_train, -1)
     assert not np.allclose(views[0], views[1])  # different augmentations, not three copies

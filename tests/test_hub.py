@@ -133,7 +133,7 @@ def test_finetuner_with_a_registered_hub_backbone(registered_tiny, tiny_module, 
     tuner.fit(data, verbose=0)  # UnfreezeTop(2) on a one-block module unfreezes the module
     tuner.save(tmp_path / "run")
     loaded = tk.FineTuner.load(tmp_path / "run")
-    assert loaded.spec is registered_tiny
+    assert loaded.settings.spec is registered_tiny
     paths = list(data.validation_files.paths)
     np.testing.assert_array_equal(tuner.predict(paths).probabilities, loaded.predict(paths).probabilities)
 

@@ -21,18 +21,22 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 # (data, backbones, export, cli …) stands for all of its submodules; "__init__" is the package's
 # own __init__.py (``import transferkit``).
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("shared by everything", ("_errors", "_types", "_public")),
+    ("shared by everything", ("_errors", "_types", "_public", "_defaults")),
     ("images, networks and files", ("data", "backbones", "_heads", "_atomic")),
     ("the parts of a model, put together", ("_model",)),
     ("Hub modules as backbones", ("hub",)),
     ("the pieces a training run is made of", (
         "_freezing", "_features", "_metrics", "_saving", "_inference", "_selection", "_calibration", "_solve",
-        "_checkpoint", "_members", "_run", "_multiworker", "_distributed_search")),
+        "_checkpoint", "_members", "_multiworker", "_distributed_search")),
     ("phases and their data", ("_phases", "_cache_plan", "_lr_find")),
+    ("a FineTuner's settings and its trained result", ("_settings", "_run")),
+    ("data meets model; the validation pass after training", ("_binding", "_held_out")),
+    ("one phase's run, as named steps", ("_stage",)),
+    ("the refit on all images", ("_refit",)),
     # report takes plain data; FineTuner.write_report gathers it and hands it over
     ("plots and reports", ("report",)),
     ("the facade", ("_finetuner",)),
-    ("what runs FineTuners", ("_tuning", "imagenet", "_demo", "export")),
+    ("what runs FineTuners", ("_tuning", "imagenet", "_demo", "export", "_run_folder")),
     ("the command and the public API", ("cli", "__init__")),
 )
 

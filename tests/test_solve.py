@@ -8,7 +8,8 @@ import logging
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
-from test_finetuner import FAST_HEAD, _tuner
+from tuners import FAST_HEAD
+from tuners import tiny_tuner as _tuner
 
 import transferkit as tk
 from transferkit._members import pooled_features

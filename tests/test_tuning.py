@@ -28,7 +28,7 @@ def test_head_search_shares_one_feature_extraction_and_resumes(data, tmp_path):
     assert {"units", "dropout", "learning_rate", "score", "seconds"} <= set(result.rows[0])
     assert result.best_score == max(row["score"] for row in result.rows)
     best = result.best_tuner(cache=cache)
-    assert best.model is None and best.head.hidden_units == ((result.best_values["units"],)
+    assert best.model is None and best.settings.head.hidden_units == ((result.best_values["units"],)
                                                               if result.best_values["units"] else ())
     resumed = search(data, "tiny_cnn", weights="imagenet", max_trials=5, epochs=2, directory=tmp_path)
     assert [r["trial"] for r in resumed.rows[:3]] == [r["trial"] for r in result.rows]  # kept, not rerun

@@ -12,9 +12,9 @@ import numpy as np
 import tensorflow as tf
 
 from transferkit._errors import ConfigError, DataError
-from transferkit.data._kinds import EvalData, Images
 from transferkit.data._augment import Augment
 from transferkit.data._images import as_image_batch, load_image
+from transferkit.data._kinds import EvalData, Images
 from transferkit.data._loaders import ImageData
 from transferkit.data._pipelines import PipelineSettings, file_pipeline
 from transferkit.data._sources import find_images, scan_folder

@@ -10,6 +10,7 @@ loss falls most steadily: a rate where the model learns fast and is still far fr
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import keras
 import tensorflow as tf
 
 from transferkit._errors import ConfigError, DataError
+from transferkit._freezing import FreezeState
 from transferkit.data._loaders import ImageData
 
 
@@ -131,3 +133,20 @@ def constant_rate_optimizer(optimizer: keras.optimizers.Optimizer) -> keras.opti
     config = optimizer.get_config()
     config["learning_rate"] = 1e-7
     return type(optimizer).from_config(config)
+
+
+@contextlib.contextmanager
+def preserved(model: keras.Model) -> Iterator[None]:
+    """Put ``model`` back as it was when the block ends: every variable (random-number states
+    included), the trainable flags and the compiled state — a sweep trains it, then leaves no trace."""
+    variables = [v.numpy() for v in model.variables]
+    flags = FreezeState.of(model)
+    compiled = model.get_compile_config() if getattr(model, "compiled", False) else None
+    try:
+        yield
+    finally:
+        for variable, value in zip(model.variables, variables):
+            variable.assign(value)
+        flags.restore()
+        if compiled is not None:
+            model.compile_from_config(compiled)

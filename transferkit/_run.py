@@ -20,6 +20,13 @@ from transferkit._atomic import atomic_paths
 from transferkit._calibration import Calibration
 from transferkit._errors import NotFittedError
 from transferkit._heads import OUTPUT_LAYER, Head
+from transferkit._inference import (
+    TestTimeAugmentation,
+    evaluation_batches,
+    outputs_and_labels,
+    predict_outputs,
+    prediction_input,
+)
 from transferkit._metrics import Evaluation, Predictions, evaluate_outputs
 from transferkit._model import model_parts
 from transferkit._saving import FORMAT, RunMetadata, load_run, save_run
@@ -28,6 +35,7 @@ from transferkit._solve import HeadSolution
 from transferkit._types import History, PathLike
 from transferkit.backbones._registry import BackboneSpec, get_backbone, list_backbones
 from transferkit.data._augment import Augment
+from transferkit.data._kinds import EvalData, Images
 from transferkit.data._pipelines import PipelineSettings
 
 log = logging.getLogger("transferkit")
@@ -110,6 +118,23 @@ class TrainedRun:
         """Evaluate the model's ``outputs`` against ``labels``."""
         return evaluate_outputs(outputs, labels, task=self.head.task, loss=self.head.loss(),
                                 class_names=self.class_names)
+
+    def predict(self, images: Images, *, batch_size: int = 32, tta: TestTimeAugmentation | None = None
+                ) -> Predictions:
+        """Class probabilities for ``images`` (see :meth:`FineTuner.predict`)."""
+        prepared = prediction_input(images, settings=self.image_settings)
+        outputs = predict_outputs(self.model, prepared, batch_size=batch_size, tta=tta)
+        return Predictions(outputs, self.class_names, prepared.paths)
+
+    def outputs_and_labels(self, data: EvalData, *, tta: TestTimeAugmentation | None = None
+                           ) -> tuple[np.ndarray, np.ndarray]:
+        """The model's outputs for labelled ``data`` (see :meth:`FineTuner.evaluate`), and the labels."""
+        batches = evaluation_batches(data, class_names=self.class_names, settings=self.image_settings)
+        return outputs_and_labels(self.model, batches, tta=tta)
+
+    def evaluate(self, data: EvalData, *, tta: TestTimeAugmentation | None = None) -> Evaluation:
+        """Metrics of the model on labelled ``data`` (see :meth:`FineTuner.evaluate`)."""
+        return self.evaluation(*self.outputs_and_labels(data, tta=tta))
 
     def forget_validation(self) -> None:
         """Drop what was measured on the validation split: the weights changed since."""

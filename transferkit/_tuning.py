@@ -90,10 +90,13 @@ class TrialSettings:
     fine_tune_epochs: int
     seed: int
 
-    def tuner(self, values: dict[str, Any], *, cache: FeatureCache | bool, refit: bool | str = False) -> FineTuner:
+    def tuner(self, values: dict[str, Any], *, cache: FeatureCache | bool, refit: bool | str = False,
+              network: keras.Model | None = None) -> FineTuner:
         """The FineTuner a trial with these hyperparameter ``values`` trains.
 
-        Trials never refit (``refit=False``): a trial is scored on its validation split.
+        Trials never refit (``refit=False``): a trial is scored on its validation split. A trial
+        that trains only the head puts it on ``network`` (a frozen backbone an earlier trial
+        built), where one is given.
         """
         units = int(values.get("units", 0))
         head = Head(hidden_units=(units,) if units else (), dropout=float(values.get("dropout", 0.2)))
@@ -107,7 +110,7 @@ class TrialSettings:
                                        policy=UnfreezeTop(int(values["fine_tune_blocks"])),
                                        learning_rate=float(values["fine_tune_learning_rate"]))
         return FineTuner(self.backbone, weights=self.weights, head=head, head_phase=head_phase, fine_tune_phase=fine,
-                         seed=self.seed, cache=cache, refit=refit)
+                         seed=self.seed, cache=cache, refit=refit, network=network if fine is None else None)
 
 
 @dataclass(frozen=True)
@@ -166,24 +169,14 @@ def share_head_features(settings: TrialSettings, data: ImageData, cache: Feature
     return SharedFeatures(cache.directory, tuple(extracted), tuple(loaded), waited)
 
 
-# --- the only two places a trial reaches into a FineTuner's private state: FineTuner has no public way
-# to hand over the evaluation its fit made, or to take a backbone an earlier trial built --------------
-
-
 def trial_score(tuner: FineTuner, data: ImageData) -> float:
     """A trained trial's validation accuracy: from the evaluation its fit made on the cached
     validation features when there is one (calibration does not change the top class), else by
     running the model over the validation images."""
-    held_out = tuner._held_out
-    if held_out is not None and held_out[1] is not None and tuner.refitted is None:
-        return float(held_out[1].accuracy)
+    run = tuner.result
+    if run.held_out is not None and run.held_out.evaluation is not None and run.refit is None:
+        return float(run.held_out.evaluation.accuracy)
     return float(tuner.evaluate(data).accuracy)
-
-
-def _share_backbone(tuner: FineTuner, network: keras.Model | None) -> None:
-    """Give an untrained head-only trial the frozen backbone an earlier trial built (``None``: it
-    builds its own)."""
-    tuner._network = network
 
 
 # --- keras-tuner's tuner classes ---------------------------------------------------------------------
@@ -226,10 +219,9 @@ def _tuner_class(kind: str) -> type:
             return {"val_accuracy": score}
 
         def _train(self, values: dict[str, Any]) -> float:
-            tuner = self._settings.tuner(values, cache=self._cache)
-            head_only = tuner.fine_tune_phase is None
-            if head_only:  # its backbone stays frozen: build it once for the whole search
-                _share_backbone(tuner, self._network)
+            # a head-only trial's backbone stays frozen: it is built once for the whole search
+            tuner = self._settings.tuner(values, cache=self._cache, network=self._network)
+            head_only = tuner.settings.fine_tune_phase is None
             try:
                 tuner.fit(self._data, verbose=0)
                 score = trial_score(tuner, self._data)

@@ -31,6 +31,8 @@ TOP_LEVEL = {
     "ImageData", "ImageFiles", "PipelineSettings", "Augment", "SkippedFilesWarning",
     # speed and search
     "FeatureCache", "search", "SearchResult",
+    # a run folder's whole life, as `transferkit train` lives it
+    "train_run", "RunFolder",
     # errors
     "TransferkitError", "BackboneExistsError", "ConfigError", "DataError", "MissingDependencyError",
     "NotFittedError", "UnknownBackboneError", "WeightsUnavailableError", "RunInUseError", "TrainingDivergedError",
@@ -46,6 +48,8 @@ def test_top_level_is_pinned():
 
 
 def test_exported_members_are_listed():
+    for name in dir(transferkit):  # bind every name first: most are imported on first use
+        getattr(transferkit, name)
     public = {
         name
         for name, value in vars(transferkit).items()
@@ -140,8 +144,48 @@ def test_docs_cite_only_public_paths():
 
 def test_import_does_not_pull_optional_dependencies():
     code = (
-        "import sys, transferkit; "
+        "import sys, transferkit; transferkit.FineTuner; "
         "print(','.join(m for m in ('tensorflow_hub', 'keras_tuner') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_tensorflow_is_imported_on_first_use_of_a_name_that_needs_it():
+    code = (
+        "import sys, transferkit; "
+        "before = 'tensorflow' in sys.modules; "
+        "error = transferkit.ConfigError; "  # the errors need nothing
+        "still = 'tensorflow' in sys.modules; "
+        "from transferkit import FineTuner; "
+        "print(before, still, 'tensorflow' in sys.modules, FineTuner.__module__, transferkit.Phase.__module__, "
+        "len(transferkit.list_backbones()) > 30)"  # the keras.applications backbones are registered
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False", "True", "transferkit", "transferkit", "True"]
+
+
+def _type_checking_imports() -> dict[str, set[str]]:
+    """Module → names imported under ``if TYPE_CHECKING`` in transferkit/__init__.py."""
+    found: dict[str, set[str]] = {}
+    for node in ast.parse((PACKAGE / "__init__.py").read_text()).body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.body:
+                if isinstance(child, ast.ImportFrom) and child.module:
+                    found.setdefault(child.module, set()).update(alias.name for alias in child.names)
+    return found
+
+
+def test_names_imported_on_first_use_are_those_type_checkers_see():
+    # the runtime table and the imports type checkers read must name the same things
+    lazy: dict[str, set[str]] = {}
+    for node in ast.parse((PACKAGE / "__init__.py").read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "_LAZY" for t in node.targets):
+            lazy = {module: set(names) for module, names in ast.literal_eval(node.value).items()}
+    seen = _type_checking_imports()
+    namespaces = seen.pop("transferkit")
+    assert lazy and seen == lazy
+    assert namespaces == {"backbones", "hub"}
+    eager = {alias.name for node in ast.parse((PACKAGE / "__init__.py").read_text()).body
+             if isinstance(node, ast.ImportFrom) and node.module == "transferkit._errors" for alias in node.names}
+    assert set(transferkit.__all__) == eager | {"__version__"} | {name for names in lazy.values() for name in names}

@@ -1,13 +1,188 @@
-"""The transferkit command: tables, training runs, and one-line errors."""
+"""The transferkit command: its parser and help, train's options as phases, tables, training runs,
+and one-line errors."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import logging
+import os
+import subprocess
+import sys
 
+import pytest
 from conftest import write_image_folder
 
+import transferkit as tk
+from transferkit import _defaults as defaults
 from transferkit.cli import main
+from transferkit.cli._logs import native_lines_filtered
+from transferkit.cli._options import UsageError, train_defaults
+from transferkit.cli._parser import build_parser
+from transferkit.cli._recipe import finetuner_options, phases_from_options
+
+# --- the parser: no TensorFlow, every default shown
+
+
+def test_help_and_argument_errors_do_not_import_tensorflow():
+    code = """
+import sys
+from transferkit.cli import main
+codes = []
+for argv in (["--help"], ["train", "--help"], ["train", "--epochs", "x"], []):
+    try:
+        codes.append(main(argv))
+    except SystemExit as exit:
+        codes.append(exit.code)
+print(codes, file=sys.stderr)
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "numpy")), file=sys.stderr)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    *_, codes, modules = done.stderr.strip().splitlines()
+    assert codes == "[0, 0, 2, 2]"
+    assert modules == "[]"
+    assert "usage: transferkit train" in done.stdout and "--verbose" in done.stdout
+
+
+def test_help_shows_every_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the lines
+    head, fine = tk.HEAD_PHASE, tk.FINE_TUNE_PHASE
+    assert f"default: {defaults.DEFAULT_BACKBONE})" in text
+    assert (f"the linear head is solved where it can be, on up to {defaults.SOLVE_MAX_IMAGES:,} training images, "
+            f"else trained for {head.epochs} epochs)") in text
+    assert f"learning rate of a trained head (default: {head.learning_rate:g})" in text
+    assert f"(default: {fine.epochs}; 0 skips fine-tuning)" in text
+    assert f"(default: {head.heads}; 1 trains one)" in text
+    batch_size = next(f.default for f in dataclasses.fields(tk.PipelineSettings) if f.name == "batch_size")
+    assert f"(default: {batch_size})" in text
+    assert "(default: run)" in text and "(default: None)" not in text
+    for command, shown in (("tune", "(default: 20)"), ("predict", "(default: 3)"), ("export", "(default: saved_model)"),
+                           ("demo", "(default: transferkit-demo)"), ("lr-find", "(default: 100)")):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert shown in " ".join(capsys.readouterr().out.split()), command
+
+
+def test_the_defaults_shown_are_the_librarys():
+    # transferkit._defaults holds them apart from the modules that use them (those import TensorFlow)
+    head, fine = tk.HEAD_PHASE, tk.FINE_TUNE_PHASE
+    settings = {f.name: f for f in dataclasses.fields(tk.PipelineSettings)}
+    assert (head.epochs, head.learning_rate, head.heads) == (defaults.HEAD_EPOCHS, defaults.HEAD_LEARNING_RATE,
+                                                             defaults.HEAD_COPIES)
+    assert (fine.epochs, fine.learning_rate) == (defaults.FINE_TUNE_EPOCHS, defaults.FINE_TUNE_LEARNING_RATE)
+    assert repr(fine.policy) == repr(tk.UnfreezeTop(defaults.FINE_TUNE_UNFREEZE_BLOCKS))
+    assert (settings["batch_size"].default, settings["validation_split"].default, settings["seed"].default) == (
+        defaults.BATCH_SIZE, defaults.VALIDATION_SPLIT, defaults.SEED)
+    assert inspect.signature(tk.FineTuner).parameters["backbone"].default == defaults.DEFAULT_BACKBONE
+    search = inspect.signature(tk.search).parameters
+    assert (search["max_trials"].default, search["epochs"].default, search["worker_timeout"].default,
+            search["tuner"].default) == (defaults.MAX_TRIALS, defaults.SEARCH_EPOCHS, defaults.WORKER_TIMEOUT,
+                                         defaults.TUNERS[0])
+    assert inspect.signature(tk.Predictions.top).parameters["k"].default == defaults.TOP_K
+    from transferkit import export
+
+    assert (export.FORMATS, export.QUANTIZATIONS) == (defaults.EXPORT_FORMATS, defaults.QUANTIZATIONS)
+    from transferkit._demo import run_demo
+    from transferkit._finetuner import REFIT_MAX_IMAGES
+    from transferkit._phases import SOLVE_MAX_IMAGES
+    from transferkit._tuning import TUNERS
+
+    demo = inspect.signature(run_demo).parameters
+    assert (demo["per_class"].default, demo["image_size"].default, demo["seed"].default) == (
+        defaults.DEMO_PER_CLASS, defaults.DEMO_IMAGE_SIZE, defaults.DEMO_SEED)
+    assert (REFIT_MAX_IMAGES, SOLVE_MAX_IMAGES, TUNERS) == (defaults.REFIT_MAX_IMAGES, defaults.SOLVE_MAX_IMAGES,
+                                                            defaults.TUNERS)
+
+
+def test_verbose_goes_before_or_after_the_subcommand():
+    parser = build_parser()
+    assert parser.parse_args(["train", "data"]).verbose is False
+    assert parser.parse_args(["--verbose", "train", "data"]).verbose is True
+    assert parser.parse_args(["train", "data", "--verbose"]).verbose is True
+
+
+def test_tensorflows_start_up_lines_are_held_back_and_the_rest_passed_on(capfd):
+    with native_lines_filtered():
+        os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+                    b"I0000 00:00:1796518065.331219    3814 port.cc:153] oneDNN custom operations are on.\n"
+                    b"E0000 00:00:1796518648.590015   19802 cuda_platform.cc:52] failed call to cuInit\n"
+                    b"something else went wrong\n")
+    assert capfd.readouterr().err == "something else went wrong\n"
+
+
+def test_a_command_prints_no_tensorflow_log_lines():
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run([sys.executable, "-m", "transferkit.cli", "backbones", "--filter", "resnet152"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0 and "resnet152_v2" in done.stdout
+    assert done.stderr == ""
+
+
+# --- train's options as phases
+
+
+def _options(**given):
+    return {**train_defaults(), **given}
+
+
+def test_no_options_keep_the_default_phases():
+    assert phases_from_options(_options()) == (tk.HEAD_PHASE, tk.FINE_TUNE_PHASE)
+
+
+def test_options_for_a_trained_head_train_it_unless_solving_is_asked_for():
+    for given in ({"epochs": 3}, {"learning_rate": 0.01}, {"heads": 2}):
+        head, _ = phases_from_options(_options(**given))
+        assert head.solve is False, given
+    head, _ = phases_from_options(_options(epochs=3, learning_rate=0.01, heads=2))
+    assert (head.epochs, head.learning_rate, head.heads) == (3, 0.01, 2)
+    assert phases_from_options(_options(epochs=3, solve_head=True))[0].solve is True
+    assert phases_from_options(_options(solve_head=False))[0].solve is False
+    assert phases_from_options(_options(solve_head="auto"))[0] == tk.HEAD_PHASE
+
+
+def test_fine_tune_options_and_a_fine_tune_phase_of_no_epochs():
+    head, fine = phases_from_options(_options(fine_tune_epochs=4, fine_tune_learning_rate=1e-3, unfreeze_blocks=3,
+                                              mix="cutmix", lr_decay="0.5", gradual=True))
+    assert head == tk.HEAD_PHASE
+    assert (fine.epochs, fine.learning_rate, fine.mix, fine.lr_decay, fine.gradual) == (4, 1e-3, "cutmix", 0.5, True)
+    assert repr(fine.policy) == repr(tk.UnfreezeTop(3))
+    assert phases_from_options(_options(fine_tune_epochs=0))[1] is None
+
+
+def test_label_smoothing_goes_to_both_phases():
+    head, fine = phases_from_options(_options(label_smoothing=0.1))
+    assert head.label_smoothing == fine.label_smoothing == 0.1
+    assert dataclasses.replace(head, label_smoothing=0.0) == tk.HEAD_PHASE
+
+
+def test_bad_option_values_name_the_option():
+    cases = (({"label_smoothing": "lots"}, UsageError, "label_smoothing = 'lots': expected a number"),
+             ({"lr_decay": [1]}, UsageError, "lr_decay = [1]: expected a number"),
+             ({"gradual": "yes"}, UsageError, "gradual = 'yes': expected true or false"),
+             ({"solve_head": "yes"}, UsageError, 'expected true, false or "auto"'),
+             ({"heads": 0}, tk.ConfigError, "Expected heads to be an integer >= 1"),
+             ({"label_smoothing": 1.5}, tk.ConfigError, "Expected label_smoothing in [0, 1)"))
+    for given, error, message in cases:
+        with pytest.raises(error) as raised:
+            phases_from_options(_options(**given))
+        assert message in str(raised.value), given
+
+
+def test_finetuner_options():
+    assert finetuner_options(_options()) == {"class_weight": None, "keep_best": True, "refit": "auto",
+                                             "temperature_scaling": True, "mixed_precision": False,
+                                             "jit_compile": "auto"}
+    chosen = finetuner_options(_options(balanced=True, keep_last=True, refit="never", calibrate=False, xla=True))
+    assert chosen["class_weight"] == "balanced" and chosen["keep_best"] is False and chosen["refit"] is False
+    assert chosen["temperature_scaling"] is False and chosen["jit_compile"] is True
+    with pytest.raises(UsageError, match="--refit 'sometimes'"):
+        finetuner_options(_options(refit="sometimes"))
+
+
+# --- the commands
 
 
 def test_backbones_table_lists_every_family(capsys):

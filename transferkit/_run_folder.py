@@ -1,0 +1,146 @@
+"""A run folder's whole life: lock it, resume or start a fit in it, write the run, clean up.
+
+:func:`train_run` is what ``transferkit train`` does with its ``--out`` folder, for Python users:
+one process at a time, a killed run carried on by calling it again, every file written
+atomically, the checkpoint deleted once everything is written. See docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transferkit._atomic import RunLock, remove_stale_temporaries
+from transferkit._checkpoint import STATE_FILE
+from transferkit._errors import ConfigError
+from transferkit._finetuner import FineTuner
+from transferkit._multiworker import cluster_spec, is_chief
+from transferkit._types import Callbacks, PathLike, Verbose
+from transferkit.data._loaders import ImageData
+
+log = logging.getLogger("transferkit")
+
+CHECKPOINT_DIR = "checkpoint"  # in the run folder while train_run runs: what a second call resumes from
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """What :func:`train_run` did with a run folder.
+
+    Attributes:
+        path: The run folder, as given to :func:`train_run`.
+        written: Whether this process wrote ``path``. ``False`` only on a worker of a multi-worker
+            cluster (``TF_CONFIG``) other than the chief: it trained in step with the chief in a
+            scratch folder, removed since; the chief writes ``path``.
+        resumed_from: Where the fit carried on after an interrupted one (``"fine_tune epoch 2"``),
+            or ``None`` when it started from the beginning.
+        metrics: What ``metrics.json`` holds (:meth:`FineTuner.write_report`'s return value).
+
+    Example:
+        >>> run = tk.train_run(tuner, data, "runs/flowers")
+        >>> run.resumed_from, run.metrics["validation"]["accuracy"]
+    """
+
+    path: Path
+    written: bool
+    resumed_from: str | None
+    metrics: dict[str, Any] = field(repr=False)
+
+
+def checkpoint_folder(out: PathLike) -> Path:
+    """Where :func:`train_run` keeps the checkpoint of the run folder ``out`` while it trains."""
+    return Path(out) / CHECKPOINT_DIR
+
+
+def train_run(tuner: FineTuner, data: ImageData, out: PathLike, *, restart: bool = False,
+              callbacks: Callbacks = (), verbose: Verbose = "auto",
+              on_start: Callable[[str | None], object] | None = None) -> RunFolder:
+    """Fit ``tuner`` on ``data`` and write the run to ``out``, carrying on where a killed call stopped.
+
+    What ``transferkit train`` does with its ``--out`` folder:
+
+    1. lock ``out`` (created if missing): a second process on it gets
+       :class:`~transferkit.RunInUseError` at once; the lock goes with the process, however it
+       ends;
+    2. delete the half-written temporaries a killed run left there;
+    3. fit with the checkpoint ``out/checkpoint``: when an earlier call was interrupted (Ctrl-C,
+       ``kill -9``, a power cut) the fit carries on after the last epoch it recorded, provided the
+       settings and the data are the same (otherwise :class:`~transferkit.ConfigError` names what
+       differs);
+    4. :meth:`FineTuner.save` the model and :meth:`FineTuner.write_report` the metrics and plots
+       into ``out``, each file written atomically;
+    5. delete the checkpoint: nothing is left to resume.
+
+    In a multi-worker cluster (``TF_CONFIG`` naming several tasks, ``tuner`` built with the
+    strategy), every worker calls this with the same arguments; only the chief writes ``out``, the
+    others train in step in a scratch folder that is removed afterwards.
+
+    Args:
+        tuner: A new :class:`~transferkit.FineTuner` with the settings of the run (and a ``seed``,
+            without which a killed run cannot be resumed: the validation split would differ).
+        data: The images, from :func:`~transferkit.load_folder` or another loader; the report
+            evaluates on its validation split.
+        out: The run folder.
+        restart: Throw away the checkpoint of an interrupted call and start over.
+        callbacks: Keras callbacks, passed to every ``model.fit`` (:meth:`FineTuner.fit`).
+        verbose: Keras' ``verbose`` for the fit.
+        on_start: Called with where the fit carries on (``"fine_tune epoch 2"``, or ``None`` for a
+            fresh start) once ``out`` is locked, just before training starts: the place to report
+            it.
+
+    Returns:
+        A :class:`~transferkit.RunFolder`: the folder, whether this process wrote it, where the
+        fit resumed from, and the metrics.
+
+    Raises:
+        RunInUseError: Another process is writing ``out``.
+        ConfigError: ``out/checkpoint`` belongs to a fit with other settings or data (give
+            ``restart=True``), or ``tuner`` or ``data`` is not what is expected.
+
+    Example:
+        >>> import transferkit as tk
+        >>> data = tk.load_folder("photos", seed=0)
+        >>> tuner = tk.FineTuner("mobilenet_v2", weights="imagenet", seed=0)
+        >>> run = tk.train_run(tuner, data, "runs/photos")  # killed? call it again
+        >>> run.metrics["validation"]["accuracy"]
+    """
+    if not isinstance(tuner, FineTuner):
+        raise ConfigError(f"Expected tuner to be a transferkit.FineTuner. Received: tuner={tuner!r}.")
+    if not isinstance(data, ImageData):
+        raise ConfigError("Expected data to be a transferkit.ImageData (from transferkit.load_folder or another "
+                          f"loader), whose validation split the report evaluates on. Received: data={data!r}.")
+    cluster = cluster_spec()
+    written = cluster is None or is_chief(cluster)
+    # a worker other than the chief runs every step the chief runs (they train in step), in a
+    # folder of its own that nobody reads
+    folder = Path(out) if written else Path(tempfile.mkdtemp(prefix="transferkit-worker-"))
+    try:
+        resumed_from, metrics = _train_into(tuner, data, folder, restart=restart, callbacks=callbacks,
+                                            verbose=verbose, on_start=on_start)
+    finally:
+        if not written:
+            shutil.rmtree(folder, ignore_errors=True)
+    return RunFolder(path=Path(out), written=written, resumed_from=resumed_from, metrics=metrics)
+
+
+def _train_into(tuner: FineTuner, data: ImageData, folder: Path, *, restart: bool, callbacks: Callbacks,
+                verbose: Verbose, on_start: Callable[[str | None], object] | None) -> tuple[str | None, dict[str, Any]]:
+    with RunLock(folder):
+        remove_stale_temporaries(folder)  # every temporary in a folder we hold belongs to a writer that died
+        checkpoint = checkpoint_folder(folder)
+        resumed_from = None if restart else tuner.resume_point(checkpoint, data)
+        if resumed_from is not None:
+            log.info("Resuming from %s (checkpoint in %s)", resumed_from, checkpoint)
+        if on_start is not None:
+            on_start(resumed_from)
+        tuner.fit(data, checkpoint_dir=checkpoint, restart=restart, callbacks=callbacks, verbose=verbose)
+        tuner.save(folder)
+        metrics = tuner.write_report(data, folder)
+        (checkpoint / STATE_FILE).unlink(missing_ok=True)  # first: a kill while deleting leaves no stale state
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    return resumed_from, metrics

@@ -1,0 +1,7 @@
+"""``python -m transferkit.cli``: the ``transferkit`` command."""
+
+import sys
+
+from transferkit.cli import main
+
+sys.exit(main())

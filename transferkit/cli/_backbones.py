@@ -1,0 +1,32 @@
+"""``transferkit backbones``: the registry as a table, JSON or Markdown."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from transferkit.cli._text import table
+
+
+def backbones(args: argparse.Namespace) -> int:
+    import transferkit as tk
+
+    rows = [tk.get_backbone(n).describe() for n in tk.list_backbones(args.filter, include_test=args.all)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif args.markdown:
+        print(backbone_markdown(rows))
+    else:
+        print(table(rows, ("name", "family", "input_size", "params", "feature_dim", "preprocessing")))
+        print(f"\n{len(rows)} backbones")
+    return 0
+
+
+def backbone_markdown(rows: list[dict[str, Any]]) -> str:
+    """The backbone table as Markdown (docs/backbones.md holds this output)."""
+    lines = ["| name | family | input size | parameters | feature size | preprocessing | constructor |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| `{r['name']}` | {r['family']} | {r['input_size']} | {r['params']} | {r['feature_dim']} | "
+              f"{r['preprocessing']} | `{r['description']}` |" for r in rows]
+    return "\n".join(lines)

@@ -87,7 +87,7 @@ def test_the_defaults_shown_are_the_librarys():
     assert (export.FORMATS, export.QUANTIZATIONS) == (defaults.EXPORT_FORMATS, defaults.QUANTIZATIONS)
     from transferkit._demo import run_demo
     from transferkit._finetuner import REFIT_MAX_IMAGES
-    from transferkit._phases import SOLVE_MAX_IMAGES
+    from transferkit._stage import SOLVE_MAX_IMAGES  # what the head phase's solve="auto" compares with
     from transferkit._tuning import TUNERS
 
     demo = inspect.signature(run_demo).parameters

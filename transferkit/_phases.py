@@ -9,6 +9,14 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from transferkit._defaults import (
+    FINE_TUNE_EPOCHS,
+    FINE_TUNE_LEARNING_RATE,
+    FINE_TUNE_UNFREEZE_BLOCKS,
+    HEAD_COPIES,
+    HEAD_EPOCHS,
+    HEAD_LEARNING_RATE,
+)
 from transferkit._errors import ConfigError, check_choice
 from transferkit._freezing import FreezeAll, FreezePolicy, UnfreezeTop
 
@@ -187,9 +195,10 @@ class Phase:
 # are steadier than one. Up to SOLVE_MAX_IMAGES training images the head is solved instead (the
 # converged probe, its penalty cross-validated): ahead of the copies, as whole commands, on three
 # of the suite's four datasets; the epochs and copies serve the larger sets.
-SOLVE_MAX_IMAGES = 2000
-HEAD_PHASE = Phase(epochs=50, learning_rate=1e-3, policy=FreezeAll(), heads=5, solve="auto")
-FINE_TUNE_PHASE = Phase(epochs=10, learning_rate=1e-4, policy=UnfreezeTop(2), schedule="cosine", warmup_epochs=1)
+HEAD_PHASE = Phase(epochs=HEAD_EPOCHS, learning_rate=HEAD_LEARNING_RATE, policy=FreezeAll(), heads=HEAD_COPIES,
+                   solve="auto")
+FINE_TUNE_PHASE = Phase(epochs=FINE_TUNE_EPOCHS, learning_rate=FINE_TUNE_LEARNING_RATE,
+                        policy=UnfreezeTop(FINE_TUNE_UNFREEZE_BLOCKS), schedule="cosine", warmup_epochs=1)
 
 
 def steps_per_epoch(dataset: tf.data.Dataset) -> int:

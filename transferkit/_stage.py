@@ -34,12 +34,13 @@ from transferkit._binding import Bound, class_weight
 from transferkit._cache_plan import cached_datasets, plan_cache
 from transferkit._calibration import calibrated_loss
 from transferkit._checkpoint import Checkpoint, EpochRecorder, StageResume, assign, restore_epoch, skip_epochs
+from transferkit._defaults import SOLVE_MAX_IMAGES
 from transferkit._errors import ConfigError, TrainingDivergedError
 from transferkit._features import FeatureCache
 from transferkit._inference import outputs_and_labels
 from transferkit._members import FoldMembers, linear_output, members_model, pooled_features, repeat_labels
 from transferkit._model import backbone_of, computes_in_float16
-from transferkit._phases import SOLVE_MAX_IMAGES, Phase, steps_per_epoch
+from transferkit._phases import Phase, steps_per_epoch
 from transferkit._run import TrainedRun
 from transferkit._selection import BestEpoch, BestWeights, Divergence, DivergenceGuard, Snapshot
 from transferkit._settings import Settings

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 import numpy as np
 import tensorflow as tf
 
+from transferkit._defaults import BATCH_SIZE, SEED, VALIDATION_SPLIT
 from transferkit._errors import ConfigError, check_choice, did_you_mean
 from transferkit._types import Color
 from transferkit.data._augment import Augment
@@ -44,9 +45,9 @@ class PipelineSettings:
     """
 
     image_size: int = 224
-    batch_size: int = 32
-    validation_split: float = 0.2
-    seed: int | None = 0
+    batch_size: int = BATCH_SIZE
+    validation_split: float = VALIDATION_SPLIT
+    seed: int | None = SEED
     resize: str = "pad"
     background: Color = WHITE
     augment: Augment | None = None

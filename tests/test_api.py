@@ -32,7 +32,7 @@ TOP_LEVEL = {
     # speed and search
     "FeatureCache", "search", "SearchResult",
     # a run folder's whole life, as `transferkit train` lives it
-    "train_run", "RunFolder",
+    "train_run", "RunFolder", "TrainedRun",
     # errors
     "TransferkitError", "BackboneExistsError", "ConfigError", "DataError", "MissingDependencyError",
     "NotFittedError", "UnknownBackboneError", "WeightsUnavailableError", "RunInUseError", "TrainingDivergedError",

@@ -50,6 +50,7 @@ if _typing.TYPE_CHECKING:
     from transferkit._metrics import Evaluation, Predictions
     from transferkit._model import build_model
     from transferkit._phases import FINE_TUNE_PHASE, HEAD_PHASE, Phase
+    from transferkit._run import TrainedRun
     from transferkit._run_folder import RunFolder, train_run
     from transferkit._selection import BestEpoch, Refit
     from transferkit._tuning import SearchResult, search
@@ -92,6 +93,7 @@ __all__ = [
     "RunInUseError",
     "SearchResult",
     "SkippedFilesWarning",
+    "TrainedRun",
     "TrainingDivergedError",
     "TransferkitError",
     "UnfreezeAll",
@@ -130,6 +132,7 @@ _LAZY = {
     "transferkit._metrics": ("Evaluation", "Predictions"),
     "transferkit._model": ("build_model",),
     "transferkit._phases": ("FINE_TUNE_PHASE", "HEAD_PHASE", "Phase"),
+    "transferkit._run": ("TrainedRun",),
     "transferkit._run_folder": ("RunFolder", "train_run"),
     "transferkit._selection": ("BestEpoch", "Refit"),
     "transferkit._tuning": ("SearchResult", "search"),

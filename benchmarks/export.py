@@ -34,9 +34,9 @@ BATCH = 32
 
 def _per_image_ms(call, batch: np.ndarray) -> float:
     """Median milliseconds per image of ``call(batch)`` over 5 calls, after one warm-up call."""
-    from transferkit.export import _latency
+    from transferkit.export._verify import latency  # the reports' own timing, for figures side by side
 
-    return _latency(call, batch, runs=5, warmup=1) / len(batch)
+    return latency(call, batch, runs=5, warmup=1) / len(batch)
 
 
 def _keras_batch(run: Path, test: Path, size: int) -> tuple[np.ndarray, float]:

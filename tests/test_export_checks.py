@@ -15,7 +15,7 @@ from conftest import write_image_folder
 from test_export_support import SIZE, check_pixels, saved_model_export, trained_folders
 
 import transferkit as tk
-from transferkit._run import SAMPLES_FILE, TrainedRun
+from transferkit._run import SAMPLES_FILE
 from transferkit.data._pipelines import PipelineSettings
 from transferkit.export import AGREEMENT_TOLERANCE, RANDOM_CHECK_IMAGES, TIE_MARGINS, _tflite, _verify, export_run
 
@@ -27,15 +27,15 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return trained_folders(tmp_path_factory)
 
 
-def _with_samples(folders: dict[str, Path]) -> TrainedRun:
+def _with_samples(folders: dict[str, Path]) -> tk.TrainedRun:
     """The run with the check images kept as its samples, as training keeps validation images."""
-    run = TrainedRun.load(folders["run"])
+    run = tk.TrainedRun.load(folders["run"])
     return dataclasses.replace(run, samples=check_pixels(folders["check"])[1].astype(np.uint8))
 
 
-def _without_samples(folders: dict[str, Path]) -> TrainedRun:
+def _without_samples(folders: dict[str, Path]) -> tk.TrainedRun:
     """The run as an older transferkit saved it, without sample images."""
-    return dataclasses.replace(TrainedRun.load(folders["run"]), samples=None)
+    return dataclasses.replace(tk.TrainedRun.load(folders["run"]), samples=None)
 
 
 @pytest.mark.slow  # 8-12 s on two busy cores: two SavedModel exports (one shared) and a TFLite one
@@ -59,7 +59,7 @@ def test_a_failing_verification_writes_nothing_and_keeps_the_previous_export(fol
 
 def _permuted(run_dir: Path) -> keras.Model:
     """The run's model with its outputs in another order: every class answered by another's probability."""
-    model = TrainedRun.load(run_dir).model
+    model = tk.TrainedRun.load(run_dir).model
     pixels = keras.Input(model.input_shape[1:])
     (probabilities,) = keras.tree.flatten(model(pixels))
     return keras.Model(pixels, keras.ops.take(probabilities, np.array([1, 2, 0]), axis=1))
@@ -67,7 +67,7 @@ def _permuted(run_dir: Path) -> keras.Model:
 
 def _reweighted(run_dir: Path) -> keras.Model:
     """The run's model with other weights (the same ones, shuffled) in its output layer."""
-    model = TrainedRun.load(run_dir).model
+    model = tk.TrainedRun.load(run_dir).model
     dense = [layer for layer in _layers(model) if isinstance(layer, keras.layers.Dense)][-1]
     kernel, *rest = dense.get_weights()
     dense.set_weights([np.random.default_rng(1).permutation(kernel.ravel()).reshape(kernel.shape), *rest])
@@ -110,7 +110,7 @@ def _near_tie_model() -> keras.Model:
 
 
 def test_near_ties_that_float16_rounding_turns_over_do_not_refuse_the_export(tmp_path):
-    run = TrainedRun(model=_near_tie_model(), spec=tk.get_backbone("tiny_cnn"), weights=None,
+    run = tk.TrainedRun(model=_near_tie_model(), spec=tk.get_backbone("tiny_cnn"), weights=None,
                      class_names=("a", "b", "c"), head=tk.Head(), image_settings=PipelineSettings(image_size=SIZE))
     report = export_run(run, tmp_path / "m.tflite", format="tflite", quantize="float16")
     assert report.check_source == "generated" and report.images == RANDOM_CHECK_IMAGES
@@ -136,13 +136,13 @@ def test_an_export_is_verified_on_the_samples_kept_with_the_run(folders, tmp_pat
     assert json.loads((tmp_path / "m.export_report.json").read_text())["check_source"] == "samples"
 
     # a TrainedRun and a FineTuner export as their folder does
-    from_run = export_run(TrainedRun.load(copy), tmp_path / "run.tflite", format="tflite")
+    from_run = export_run(tk.TrainedRun.load(copy), tmp_path / "run.tflite", format="tflite")
     assert from_run.check_source == "samples" and from_run.agreement == 1.0
     from_tuner = export_run(tk.FineTuner.load(folders["run"]), tmp_path / "tuner.tflite", format="tflite")
     assert from_tuner.agreement == 1.0 and from_tuner.max_abs_diff < 1e-5
 
     # samples that do not fit the model's input: verified as a run without them, and said so
-    run = dataclasses.replace(TrainedRun.load(folders["run"]), samples=np.zeros((4, 8, 8, 3), np.uint8))
+    run = dataclasses.replace(tk.TrainedRun.load(folders["run"]), samples=np.zeros((4, 8, 8, 3), np.uint8))
     with caplog.at_level(logging.WARNING, logger="transferkit"):
         report = export_run(run, tmp_path / "odd.tflite", format="tflite")
     assert report.check_source == "generated" and "not (n, 32, 32, 3)" in caplog.text

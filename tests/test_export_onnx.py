@@ -12,7 +12,6 @@ import pytest
 from test_export_support import SIZE, check_pixels, keras_outputs, needs_onnx, onnx_export, trained_folders
 
 import transferkit as tk
-from transferkit._run import TrainedRun
 from transferkit.export import _verify, export_run, load_exported, report_path
 
 pytestmark = pytest.mark.filterwarnings("ignore:Skipping variable loading for optimizer")
@@ -67,7 +66,7 @@ def test_onnx_exports_that_onnxruntime_cannot_run_or_that_disagree_write_nothing
     needs_onnx()
     import keras
 
-    run = TrainedRun.load(folders["run"])
+    run = tk.TrainedRun.load(folders["run"])
     pixels = keras.Input((SIZE, SIZE, 3))
     normalized = keras.Model(pixels, run.model(keras.layers.Normalization(mean=0.0, variance=1.0)(pixels)))
     out = tmp_path / "new" / "model.onnx"

@@ -118,6 +118,4 @@ def check_pixels(check: Path) -> tuple[list[Path], np.ndarray]:
 
 
 def keras_outputs(run: Path, pixels: np.ndarray) -> np.ndarray:
-    from transferkit._run import TrainedRun
-
-    return TrainedRun.load(run).model(pixels, training=False).numpy()
+    return tk.TrainedRun.load(run).model(pixels, training=False).numpy()

@@ -121,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TFLite weights: none (float32), float16, dynamic (int8 weights), int8 (uint8 in and out; "
                         "needs --check or --calibration), int8-mixed (int8 but the layers it hurts most; float32 "
                         "in and out; needs --check or --calibration)")
-    p.add_argument("--check", help="DIR/<class>/<images> with the run's classes to verify on (default: random pixels)")
+    p.add_argument("--check", help="DIR/<class>/<images> with the run's classes to verify on (default: the "
+                                   "validation images kept with the run; random pixels for runs saved without them)")
     p.add_argument("--calibration", help="DIR/<class>/<images> like the training data, for --quantize int8 or "
                                          "int8-mixed (default: --check)")
     p.add_argument("--calibration-images", type=int, default=300, help="at most this many calibration images")

@@ -84,3 +84,29 @@ def write_bad_files(folder: Path) -> Path:
     (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
     (folder / "readme.txt").write_text("not an image either")
     return folder
+
+
+# The fast loop (`pytest -m "not slow"`) leaves out what starts processes, kills and resumes runs,
+# or trains real-size networks; `make test` and CI run everything.
+SLOW_FILES = {"test_reliability.py", "test_distributed_search.py", "test_multiworker.py", "test_distribute.py",
+              "test_main_job.py", "test_extract.py", "test_accelerators.py", "test_portable.py"}
+SLOW_TESTS = {
+    "test_real_weights_on_real_photos_fit_save_load_predict",
+    "test_a_custom_policy_applies_directly_and_in_the_finetuner",
+    "test_finetuner_with_a_registered_hub_backbone", "test_a_command_prints_no_tensorflow_log_lines",
+    "test_fit_after_a_sweep_is_the_fit_without_it",
+    "test_fit_keeps_the_phase_with_the_lower_calibrated_validation_loss",
+    "test_label_smoothing_and_mixing_train_on_soft_labels_and_leave_integer_labels_working",
+    "test_real_full_and_headless_weights_files_agree", "test_recipe_flags_smoothing_mixing_calibration_and_tta",
+    "test_import_does_not_pull_optional_dependencies", "test_refit_flag_and_config_key",
+    "test_train_predict_evaluate_round_trip", "test_tune_command_writes_table_plot_and_best_model",
+    "test_tensorflow_is_imported_on_first_use_of_a_name_that_needs_it",
+    "test_calibrated_loss_overrides_accuracy_and_plain_loss_and_is_skipped_when_every_image_is_right",
+    "test_train_run_carries_on_after_an_interruption", "test_two_phase_trials_with_other_tuners",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in SLOW_FILES or item.originalname in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)

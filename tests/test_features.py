@@ -100,15 +100,15 @@ def test_disk_cache_is_reused_and_big_arrays_are_memory_mapped(folder, tmp_path)
     data = tk.load_folder(folder, image_size=32, batch_size=8, seed=0)
     first = _tuner(FeatureCache(tmp_path / "cache"))
     first.train_head(data, verbose=0)
-    assert first.cache.misses == 2 and len(list((tmp_path / "cache").glob("*.features.npy"))) == 2
+    assert first.settings.cache.misses == 2 and len(list((tmp_path / "cache").glob("*.features.npy"))) == 2
     second = _tuner(FeatureCache(tmp_path / "cache"))
     second.train_head(data, verbose=0)
-    assert (second.cache.hits, second.cache.misses) == (2, 0)
+    assert (second.settings.cache.hits, second.settings.cache.misses) == (2, 0)
     np.testing.assert_allclose(first.history["head"]["loss"], second.history["head"]["loss"], rtol=1e-5)
 
     tiny_limit = _tuner(FeatureCache(memory_limit=1))  # anything bigger than one byte spills to disk
     tiny_limit.train_head(data, verbose=0)
-    stored = [tiny_limit.cache.get(key)[0] for key in tiny_limit.cache.entries()]
+    stored = [tiny_limit.settings.cache.get(key)[0] for key in tiny_limit.settings.cache.entries()]
     assert len(stored) == 2 and all(isinstance(f, np.memmap) for f in stored)  # nothing held in memory
     np.testing.assert_allclose(tiny_limit.history["head"]["loss"], first.history["head"]["loss"], rtol=1e-5)
     assert not list(tmp_path.glob("**/*.partial.npy"))

@@ -131,7 +131,7 @@ def test_a_run_saved_in_format_1_loads_predicts_and_trains_on(tmp_path, image_fo
     np.testing.assert_array_equal(again.predict(pixels).probabilities, loaded.predict(pixels).probabilities)
 
 
-def test_report_metrics_from_one_pass_equal_evaluate(tmp_path, image_folder):
+def test_report_metrics_from_one_pass_equal_evaluate(tmp_path, image_folder, monkeypatch):
     data = tk.load_folder(image_folder, image_size=32, validation_split=0.25, batch_size=8)
     tuner = tiny_tuner(fine_tune_phase=None)
     tuner.fit(data, verbose=0)
@@ -140,7 +140,9 @@ def test_report_metrics_from_one_pass_equal_evaluate(tmp_path, image_folder):
     def no_second_pass(*args, **kwargs):
         raise AssertionError("write_report ran the validation images through the network twice")
 
-    tuner.evaluate = no_second_pass  # the metrics must come from the predictions made for the grid
+    # the metrics must come from the predictions made for the grid
+    monkeypatch.setattr(tk.TrainedRun, "evaluate", no_second_pass)
+    monkeypatch.setattr(tk.TrainedRun, "outputs_and_labels", no_second_pass)
     metrics = tuner.write_report(data, tmp_path / "run")
     assert metrics["validation"]["accuracy"] == evaluation.accuracy
     assert metrics["validation"]["loss"] == pytest.approx(evaluation.loss, rel=1e-5)
@@ -214,3 +216,41 @@ def test_test_time_augmentation_averages_augmented_views(tmp_path, image_folder)
     assert 0.0 <= evaluation.accuracy <= 1.0 and evaluation.confusion_matrix.sum() == data.num_validation
     with pytest.raises(tk.ConfigError, match="tta"):
         TestTimeAugmentation(-1, flip_only)
+
+
+def test_settings_and_results_cannot_be_set_by_hand():
+    tuner = tiny_tuner()
+    with pytest.raises(AttributeError, match=r"keep_best cannot be set.*from_run\(tuner.result, keep_best="):
+        tuner.keep_best = False
+    with pytest.raises(AttributeError, match="model cannot be set.*trained result"):
+        tuner.model = None
+    assert tuner.settings.keep_best == "phase"
+
+
+def test_balanced_class_weights_come_from_the_last_image_data_and_need_single_labels(tmp_path):
+    root = write_image_folder(tmp_path / "data", per_class=8)
+    data = tk.load_folder(root, image_size=32, batch_size=8)
+    tuner = tiny_tuner(fine_tune_phase=None, class_weight="balanced")
+    tuner.train_head(data, verbose=0)
+    # batches alone carry no class counts: the weights of the ImageData trained on before still apply
+    tuner.fine_tune(data.train, data.validation, phase=dataclasses.replace(FAST_TUNE, epochs=1), verbose=0)
+    assert len(tuner.history["fine_tune"]["loss"]) == 1
+    multi = multi_label_data(root, tmp_path / "multi.csv")
+    with pytest.raises(tk.ConfigError, match="balanced"):
+        tiny_tuner(fine_tune_phase=None, class_weight="balanced").fit(multi, verbose=0)
+
+
+def test_a_saved_run_keeps_validation_samples_and_a_damaged_file_does_not_stop_loading(tmp_path, image_folder):
+    data = tk.load_folder(image_folder, image_size=32, validation_split=0.25, batch_size=8)
+    tuner = tiny_tuner(fine_tune_phase=None)
+    tuner.fit(data, verbose=0)
+    tuner.save(tmp_path / "run")
+    run = tk.TrainedRun.load(tmp_path / "run")
+    paths = list(data.validation_files.paths)
+    assert run.samples.shape == (len(paths), 32, 32, 3) and run.samples.dtype == np.uint8
+    np.testing.assert_array_equal(run.samples[0], tk.data.load_image(paths[0], image_size=32))
+    (tmp_path / "run" / "samples.npz").write_bytes(b"damaged")
+    assert tk.TrainedRun.load(tmp_path / "run").samples is None  # the model loads; exports fall back
+    run.samples = None
+    run.save(tmp_path / "run")  # a run without samples leaves none of another's behind
+    assert not (tmp_path / "run" / "samples.npz").exists()

@@ -70,14 +70,15 @@ def bind(train: TrainData, validation: ValidationData | None, settings: Settings
     )
 
 
-def class_weight(settings: Settings, data: ImageData | None) -> dict[int, float] | None:
-    """The class weights a phase trains with: the settings' dict, or ``"balanced"`` from the data."""
+def class_weight(settings: Settings, run: TrainedRun) -> dict[int, float] | None:
+    """The class weights a phase trains with: the settings' dict, or ``"balanced"`` from the last
+    ImageData trained on."""
     if isinstance(settings.class_weight, dict):
         return settings.class_weight
     if settings.class_weight == "balanced":
-        if data is None:
+        if run.class_weight is None:
             raise ConfigError('class_weight="balanced" needs ImageData (from a loader) to count classes.')
-        return data.class_weight
+        return run.class_weight
     return None
 
 
@@ -119,6 +120,7 @@ def fitted_run(run: TrainedRun | None, settings: Settings, data: ImageData | Non
     run.image_settings = dataclasses.replace(run.image_settings, resize=data.settings.resize,
                                              background=data.settings.background)
     run.augment = data.settings.augment
+    run.class_weight = data.class_weight
     return run
 
 
@@ -154,4 +156,5 @@ def build_run(settings: Settings, data: ImageData | None, *, num_classes: int | 
              "random" if settings.weights is None else settings.weights, built, n)
     return TrainedRun(model=model, spec=settings.spec,
                       weights=None if settings.weights is None else str(settings.weights), class_names=names,
-                      head=head, image_settings=image, augment=data.settings.augment if data is not None else None)
+                      head=head, image_settings=image, augment=data.settings.augment if data is not None else None,
+                      class_weight=data.class_weight if data is not None else None)

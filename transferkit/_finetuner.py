@@ -20,7 +20,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from transferkit._binding import bind, build_run, fitted_run, load_if_path
+from transferkit._binding import Bound, bind, build_run, fitted_run, load_if_path
 from transferkit._calibration import Calibration, calibrate
 from transferkit._checkpoint import Checkpoint
 from transferkit._errors import ConfigError, check_choice
@@ -42,7 +42,15 @@ from transferkit._phases import FINE_TUNE_PHASE, HEAD_PHASE, Phase
 from transferkit._refit import refit, refit_data
 from transferkit._run import SAMPLE_COUNT, TrainedRun, require
 from transferkit._selection import BestEpoch, Divergence, Refit
-from transferkit._settings import DEFAULT_BACKBONE, REFIT_MAX_IMAGES, Settings, fingerprint, settings, strategy
+from transferkit._settings import (
+    DEFAULT_BACKBONE,
+    REFIT_MAX_IMAGES,
+    Settings,
+    fingerprint,
+    is_path,
+    settings,
+    strategy,
+)
 from transferkit._solve import HeadSolution
 from transferkit._stage import FitContext, run_phase, scaled, what_trains
 from transferkit._types import Callbacks, History, PathLike, Verbose, Weights
@@ -54,6 +62,9 @@ from transferkit.data._loaders import ImageData
 __all__ = ["DEFAULT_BACKBONE", "REFIT_MAX_IMAGES", "FineTuner"]
 
 log = logging.getLogger("transferkit")
+
+_SETTINGS = {f.name for f in dataclasses.fields(Settings)} | {"image_size", "num_classes", "class_names"}
+_RESULT = {"model", "history", "best_epoch", "calibration", "refitted", "solutions", "divergences", "result"}
 
 
 def _in_scope(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -181,6 +192,14 @@ class FineTuner:
         self.strategy = strategy(distribute)
         self._run: TrainedRun | None = None
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _SETTINGS or name in _RESULT:
+            where = (f"a FineTuner's settings are fixed once given: make a new one, e.g. "
+                     f"FineTuner.from_run(tuner.result, {name}=…), or FineTuner(..., {name}=…)" if name in _SETTINGS
+                     else "it is part of the trained result (tuner.result), which training and load() set")
+            raise AttributeError(f"FineTuner.{name} cannot be set: {where}.")
+        super().__setattr__(name, value)
+
     @classmethod
     def from_run(cls, run: TrainedRun, **settings: Any) -> FineTuner:
         """A FineTuner that holds ``run`` (as :meth:`load` gives), with default settings or ``settings``."""
@@ -188,7 +207,8 @@ class FineTuner:
                   "image_size": run.image_size, **settings}
         tuner = cls(run.spec, **chosen)
         # the layers keep the policy they were built with (and a CPU-only machine is not warned again)
-        tuner.settings = dataclasses.replace(tuner.settings, mixed_precision=computes_in_float16(run.model))
+        object.__setattr__(tuner, "settings", dataclasses.replace(tuner.settings,
+                                                                   mixed_precision=computes_in_float16(run.model)))
         tuner._run = run
         return tuner
 
@@ -267,7 +287,12 @@ class FineTuner:
         bound = bind(train, validation, self.settings, self._run)
         run = self._fitted(bound.source)
         fit = fit or FitContext.of(self.settings, distributed=self.strategy is not None)
-        return run_phase(name, phase, run, bound, fit, self.settings, callbacks, verbose)
+
+        def rebind() -> Bound:  # a folder is loaded again for each stage, as for each phase
+            return bind(train, validation, self.settings, self._run)
+
+        return run_phase(name, phase, run, bound, fit, self.settings, callbacks, verbose,
+                         rebind=rebind if is_path(train) else None)
 
     def train_head(self, train: TrainData, validation: ValidationData | None = None, *, phase: Phase | None = None,
                    callbacks: Callbacks = (), verbose: Verbose = "auto") -> History:
@@ -330,7 +355,9 @@ class FineTuner:
         if everything is not None and isinstance(train, ImageData):
             with self._scope():
                 run = self._run = refit(run, train, everything, self.settings, fit, verbose)
-        run.samples = samples(validation if isinstance(validation, ImageData) else train, SAMPLE_COUNT)
+        kept = samples(validation if isinstance(validation, ImageData) else train, SAMPLE_COUNT, run.image_settings)
+        if kept is not None:  # else the samples a loaded run came with stay
+            run.samples = kept
         return run.history
 
     @property

@@ -17,8 +17,10 @@ from transferkit._calibration import Calibration, calibrate, fold_temperature
 from transferkit._inference import labelled_batches, outputs_and_labels
 from transferkit._metrics import Predictions
 from transferkit._run import HeldOut, TrainedRun
+from transferkit.data._images import load_image
 from transferkit.data._kinds import TrainData, ValidationData
 from transferkit.data._loaders import ImageData
+from transferkit.data._pipelines import PipelineSettings
 
 log = logging.getLogger("transferkit")
 
@@ -80,16 +82,12 @@ def validation_results(run: TrainedRun, data: ImageData) -> HeldOut:
     return HeldOut(None, None)
 
 
-def samples(data: TrainData, count: int) -> np.ndarray | None:
-    """Up to ``count`` validation images of ``data`` as raw pixels, to keep with the run (exports are
-    checked on them); ``None`` without a validation split."""
-    if not isinstance(data, ImageData) or data.validation is None:
+def samples(data: TrainData, count: int, settings: PipelineSettings) -> np.ndarray | None:
+    """Up to ``count`` validation images of ``data``, decoded as the model sees them (raw pixels at
+    ``settings``' size, resize mode and background), to keep with the run: exports are checked on
+    them. ``None`` without validation files (arrays, datasets)."""
+    if not isinstance(data, ImageData) or data.validation_files is None or not len(data.validation_files):
         return None
-    taken: list[np.ndarray] = []
-    for images, _ in data.validation:
-        taken.extend(np.asarray(images)[: count - len(taken)])
-        if len(taken) >= count:
-            break
-    if not taken:
-        return None
-    return np.clip(np.rint(np.stack(taken)), 0, 255).astype(np.uint8)
+    paths = list(data.validation_files.paths)[:count]
+    return np.stack([load_image(path, image_size=settings.image_size, resize=settings.resize,
+                                background=settings.background) for path in paths])

@@ -97,5 +97,7 @@ def refit(validated: TrainedRun, data: ImageData, everything: ImageData, setting
     return dataclasses.replace(
         run, history=validated.history, best=validated.best, kept=None, held_out=held_out,
         calibration=validated.calibration, divergences=[*validated.divergences, *run.divergences],
+        # a phase the refit did not run keeps its solution
+        solutions={**{k: v for k, v in validated.solutions.items() if k not in dict(phases)}, **run.solutions},
         refit=Refit(phases=tuple(name for name, _ in phases), epochs=tuple(phase.epochs for _, phase in phases),
                     images=len(everything.train_files or ())))

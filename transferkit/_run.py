@@ -84,6 +84,8 @@ class TrainedRun:
         augment: The training data's augmentation, the default for test-time augmentation (in
             memory only).
         kept: The best weights so far, which a later phase has to beat (in memory only).
+        class_weight: The class weights of the last ImageData trained on, for ``class_weight="balanced"``
+            (in memory only; ``None`` for multi-label data).
         trained: The model holds trained (or loaded) weights, not freshly built ones.
     """
 
@@ -103,6 +105,7 @@ class TrainedRun:
     held_out: HeldOut | None = field(default=None, repr=False)
     augment: Augment | None = None
     kept: Snapshot | None = field(default=None, repr=False)
+    class_weight: dict[int, float] | None = field(default=None, repr=False)
     trained: bool = False
 
     @property
@@ -159,6 +162,8 @@ class TrainedRun:
         if self.samples is not None:
             with atomic_paths(out / SAMPLES_FILE, keep_suffix=True) as (path,):
                 np.savez_compressed(path, images=self.samples)
+        else:  # another run's images would check this run's exports
+            (out / SAMPLES_FILE).unlink(missing_ok=True)
         return out
 
     @classmethod
@@ -185,8 +190,13 @@ def read_samples(directory: PathLike) -> np.ndarray | None:
     path = Path(directory) / SAMPLES_FILE
     if not path.is_file():
         return None
-    with np.load(path) as stored:
-        return np.asarray(stored["images"], dtype=np.uint8)
+    try:
+        with np.load(path) as stored:
+            return np.asarray(stored["images"], dtype=np.uint8)
+    except (OSError, ValueError, KeyError) as error:  # the model is what matters: load the run without them
+        log.warning("Ignoring %s: it cannot be read (%s); exports of this run are checked on generated images.",
+                    path, error)
+        return None
 
 
 def require(run: TrainedRun | None) -> TrainedRun:

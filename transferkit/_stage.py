@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import keras
@@ -159,8 +160,12 @@ def phase_end_loss(trained: keras.Model, validation: tf.data.Dataset) -> float |
 
 
 def run_phase(name: str, phase: Phase, run: TrainedRun, bound: Bound, fit: FitContext, settings: Settings,
-              callbacks: Callbacks, verbose: Verbose) -> History:
-    """Run ``phase`` (each of its gradual-unfreezing stages in turn) on ``run``; returns its history."""
+              callbacks: Callbacks, verbose: Verbose, *, rebind: Callable[[], Bound] | None = None) -> History:
+    """Run ``phase`` (each of its gradual-unfreezing stages in turn) on ``run``; returns its history.
+
+    ``rebind`` gives each later stage its own batches (a folder is loaded afresh for each, so that
+    its shuffling starts again from the seed); by default every stage runs on ``bound``.
+    """
     stages = phase.stages()
     if len(stages) == 1:
         return Stage(name, stages[0], run, bound, fit, settings).run(callbacks, verbose)
@@ -168,7 +173,8 @@ def run_phase(name: str, phase: Phase, run: TrainedRun, bound: Bound, fit: FitCo
     for number, stage in enumerate(stages, start=1):
         log.info("Phase %s, gradual unfreezing stage %d of %d: %s for %d epochs", name, number, len(stages),
                  stage.policy, stage.epochs)
-        for key, values in Stage(name, stage, run, bound, fit, settings).run(callbacks, verbose).items():
+        batches = rebind() if rebind is not None and number > 1 else bound
+        for key, values in Stage(name, stage, run, batches, fit, settings).run(callbacks, verbose).items():
             merged.setdefault(key, []).extend(values)
         run.history[name] = merged  # the next stage's epochs count on from these
     return merged
@@ -306,7 +312,7 @@ class Stage:
         if too_many(len(labels)):  # a tf.data input, or augmented views of the images
             return False
         labels = labels.astype(int).ravel()
-        weights = class_weight(self.settings, self.bound.source)
+        weights = class_weight(self.settings, self.result)
         solution = solve_head(features, labels, len(self.result.class_names) or int(output.units),
                               label_smoothing=phase.label_smoothing, seed=self.settings.seed or 0,
                               sample_weight=None if weights is None else np.array([weights[i] for i in labels]))
@@ -406,7 +412,7 @@ class Stage:
         first = done + (self.resume.epochs if self.resume is not None else 0)
         result = trains.model.fit(trains.train, validation_data=trains.validation, epochs=done + phase.epochs,
                                   initial_epoch=first, callbacks=callbacks,
-                                  class_weight=class_weight(self.settings, self.bound.source), verbose=verbose,
+                                  class_weight=class_weight(self.settings, self.result), verbose=verbose,
                                   shuffle=False)  # the pipeline shuffles itself
         return {k: [float(v) for v in values] for k, values in result.history.items()}
 

@@ -43,7 +43,8 @@ class RunFolder:
 
     Example:
         >>> run = tk.train_run(tuner, data, "runs/flowers")
-        >>> run.resumed_from, run.metrics["validation"]["accuracy"]
+        >>> validation = run.metrics["validation"]
+        >>> run.resumed_from, validation["accuracy"]
     """
 
     path: Path
@@ -107,7 +108,8 @@ def train_run(tuner: FineTuner, data: ImageData, out: PathLike, *, restart: bool
         >>> data = tk.load_folder("photos", seed=0)
         >>> tuner = tk.FineTuner("mobilenet_v2", weights="imagenet", seed=0)
         >>> run = tk.train_run(tuner, data, "runs/photos")  # killed? call it again
-        >>> run.metrics["validation"]["accuracy"]
+        >>> validation = run.metrics["validation"]
+        >>> validation["accuracy"]
     """
     if not isinstance(tuner, FineTuner):
         raise ConfigError(f"Expected tuner to be a transferkit.FineTuner. Received: tuner={tuner!r}.")

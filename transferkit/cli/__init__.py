@@ -24,6 +24,7 @@ once.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
 from collections.abc import Callable, Sequence
@@ -60,12 +61,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     from transferkit import TransferkitError
-    from transferkit.cli._logs import quiet_tensorflow, terminal_output
+    from transferkit.cli._logs import native_lines_filtered, quiet_tensorflow, terminal_output
 
+    # export and predict run TFLite interpreters, whose runtime prints a line to standard error
+    # for each; their other output goes to standard output, so holding standard error back costs nothing
+    filtered = not args.verbose and args.command in ("export", "predict")
     try:
         if not args.verbose:
             quiet_tensorflow()
-        with terminal_output(verbose=args.verbose):
+        with terminal_output(verbose=args.verbose), (
+                native_lines_filtered() if filtered else contextlib.nullcontext()):
             return int(_handler(args.command)(args))
     except (TransferkitError, UsageError) as error:
         print(f"error: {error}", file=sys.stderr)

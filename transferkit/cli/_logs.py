@@ -17,10 +17,11 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
-# TensorFlow's C++ log lines ("I0000 00:00:1796518065.331219 3814 port.cc:153] …") and the notice
-# that Abseil prints before its logging is set up
+# TensorFlow's C++ log lines ("I0000 00:00:1796518065.331219 3814 port.cc:153] …"), the notice
+# that Abseil prints before its logging is set up, and the one LiteRT prints for every interpreter
 _NATIVE_LOG_LINE = re.compile(r"^(?:[IWE]\d{4} [\d:.]+\s+\d+ \S+:\d+\] |WARNING: All log messages before "
-                              r"absl::InitializeLog\(\) is called are written to STDERR)")
+                              r"absl::InitializeLog\(\) is called are written to STDERR|"
+                              r"INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.)")
 
 
 def quiet_tensorflow() -> None:

@@ -71,7 +71,7 @@ def _in_scope(method: Callable[..., Any]) -> Callable[..., Any]:
     """Run ``method`` in the FineTuner's distribution strategy's scope (if it has one)."""
     @functools.wraps(method)
     def scoped(self: FineTuner, *args: Any, **kwargs: Any) -> Any:
-        with self.strategy.scope() if self.strategy is not None else contextlib.nullcontext():
+        with self._scope():
             return method(self, *args, **kwargs)
     return scoped
 
@@ -365,6 +365,7 @@ class FineTuner:
         return self._run is not None and self._run.trained
 
     def _scope(self) -> contextlib.AbstractContextManager[Any]:
+        """The distribution strategy's scope, or nothing on one device."""
         return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
 
     def _fit_context(self, train: TrainData, validation: ValidationData | None, checkpoint_dir: PathLike | None,

@@ -123,6 +123,10 @@ SLOW_TESTS = {
     "test_augmentation_and_checkpoints_turn_caching_off",
     "test_a_fine_tune_phase_that_only_worsens_leaves_the_head_weights",
     "test_keep_best_phase_compares_phase_ends_only",
+    # KerasHub timm folders: the real EfficientNet-Lite0's ImageNet classifier (~3-4 s) and its fine-tuning on
+    # stamps5 (~25 s), fine-tuning a random ResNet-18 (~7 s)
+    "test_real_lite0_classifies_scikit_image_photos", "test_real_lite0_transfers_to_stamps5",
+    "test_random_timm_resnet18_fine_tunes_saves_and_loads",
 }
 
 

@@ -1,5 +1,5 @@
 # One command each, on a fresh machine: `make demo` (the main job, offline) and `make test` (the
-# tests). Both create .venv and install transferkit with its dev and docs extras first.
+# tests). Both create .venv and install transferkit with its dev, docs and keras-hub extras first.
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev,docs]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,docs,keras-hub]"
 	touch $@
 
 install: $(VENV)/.installed

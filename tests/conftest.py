@@ -91,6 +91,9 @@ def write_bad_files(folder: Path) -> Path:
 SLOW_FILES = {"test_reliability.py", "test_distributed_search.py", "test_multiworker.py", "test_distribute.py",
               "test_main_job.py", "test_extract.py", "test_accelerators.py", "test_portable.py"}
 SLOW_TESTS = {
+    "test_a_transformer_preset_trains_saves_loads_evaluates_and_exports",
+    "test_the_command_trains_a_cnn_preset_and_exports_it_to_int8_tflite",
+    "test_without_keras_hub_one_line_says_how_to_install",
     "test_real_weights_on_real_photos_fit_save_load_predict",
     "test_a_custom_policy_applies_directly_and_in_the_finetuner",
     "test_finetuner_with_a_registered_hub_backbone", "test_a_command_prints_no_tensorflow_log_lines",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import keras
@@ -20,7 +21,7 @@ import numpy as np
 
 from transferkit._errors import ConfigError, did_you_mean
 from transferkit._model import backbone_of
-from transferkit.backbones._groups import TOP, block_names, layer_groups
+from transferkit.backbones._groups import TOP, block_names, containers, layer_groups, members, sublayers
 from transferkit.backbones._registry import BackboneSpec, get_backbone
 from transferkit.hub import HubLayer
 
@@ -53,8 +54,7 @@ class FreezeState:
 
     @classmethod
     def of(cls, model: keras.Model) -> FreezeState:
-        net = backbone_of(model)
-        layers = [net, *net.layers]
+        layers = list(_walk(backbone_of(model)))  # a layer before its sublayers: restored in that order
         return cls(tuple((layer, layer.trainable) for layer in layers),
                    tuple((layer, layer.pass_training) for layer in layers if isinstance(layer, HubLayer)))
 
@@ -63,6 +63,12 @@ class FreezeState:
             layer.trainable = trainable
         for hub_layer, passed in self.pass_training:
             hub_layer.pass_training = passed
+
+
+def _walk(layer: keras.layers.Layer) -> Iterator[keras.layers.Layer]:
+    yield layer
+    for child in sublayers(layer):
+        yield from _walk(child)
 
 
 def _count(weights: list) -> int:
@@ -82,7 +88,7 @@ class FreezePolicy:
     train_batchnorm: bool = False
 
     def select(self, backbone: keras.Model, groups: dict[str, list[str]]) -> set[str]:
-        """Names of the backbone layers that should train (subclasses decide)."""
+        """Names of the backbone layers that should train (subclasses decide), as ``groups`` names them."""
         raise NotImplementedError
 
     def fitted(self, groups: dict[str, list[str]], *, backbone_name: str) -> FreezePolicy:
@@ -108,15 +114,21 @@ class FreezePolicy:
         policy = self.fitted(groups, backbone_name=spec.name) if clamp else self
         chosen = policy.select(net, groups)
         net.trainable = bool(chosen)
-        for layer in net.layers:
-            is_bn = isinstance(layer, keras.layers.BatchNormalization)
-            layer.trainable = layer.name in chosen and (policy.train_batchnorm or not is_bn)
+        for path, container in containers(net, spec.groups).items():  # before its sublayers: setting it sets them all
+            container.trainable = any(name.startswith(path + "/") for name in chosen)
+        found = members(net, spec.groups)
+        for name, layer in found.items():
+            layer.trainable = name in chosen
+            if layer.trainable and not policy.train_batchnorm:  # BatchNorm stays in inference mode
+                for inner in _walk(layer):
+                    if isinstance(inner, keras.layers.BatchNormalization):
+                        inner.trainable = False
             if isinstance(layer, HubLayer):  # no inner structure: BatchNorm inside follows `training`
                 layer.pass_training = policy.train_batchnorm and layer.trainable
         if getattr(model, "compiled", False):
             model.compile_from_config(model.get_compile_config())
         return FreezeSummary(
-            trainable_layers=sum(1 for layer in net.layers if layer.trainable and layer.weights),
+            trainable_layers=sum(1 for layer in found.values() if layer.trainable and layer.weights),
             trainable_params=_count(net.trainable_weights),
             total_params=_count(net.weights),
             policy=policy,
@@ -136,7 +148,7 @@ class UnfreezeAll(FreezePolicy):
     """Train the whole backbone (full fine-tuning)."""
 
     def select(self, backbone: keras.Model, groups: dict[str, list[str]]) -> set[str]:
-        return {layer.name for layer in backbone.layers}
+        return {name for group in groups.values() for name in group}
 
 
 @dataclass(frozen=True)
@@ -175,12 +187,16 @@ class UnfreezeTop(FreezePolicy):
 
 @dataclass(frozen=True)
 class UnfreezeFrom(FreezePolicy):
-    """Train every backbone layer from ``layer`` (inclusive) to the output, in layer order."""
+    """Train every backbone layer from ``layer`` (inclusive) to the output, in layer order (a block inside
+    a transformer's encoder is named ``"<encoder>/<block>"``, as in ``layer_groups``)."""
 
     layer: str = ""
 
     def select(self, backbone: keras.Model, groups: dict[str, list[str]]) -> set[str]:
-        names = [layer.name for layer in backbone.layers]
+        grouped = [name for group in groups.values() for name in group]  # inner blocks in block order
+        names = [name for layer in backbone.layers
+                 for name in ([layer.name] if layer.name in grouped
+                              else [n for n in grouped if n.startswith(layer.name + "/")])]
         if self.layer not in names:
             raise ConfigError(
                 f"UnfreezeFrom: the backbone has no layer named {self.layer!r}.{did_you_mean(self.layer, names)}"

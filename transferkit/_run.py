@@ -10,6 +10,7 @@ nothing else, so ``transferkit.export`` loads a run folder into one without buil
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from transferkit._atomic import atomic_paths
 from transferkit._calibration import Calibration
-from transferkit._errors import NotFittedError
+from transferkit._errors import DataError, NotFittedError, UnknownBackboneError
 from transferkit._heads import OUTPUT_LAYER, Head
 from transferkit._inference import (
     TestTimeAugmentation,
@@ -174,7 +175,7 @@ class TrainedRun:
         if meta.hub_handle and backbone not in list_backbones(family="hub"):
             backbone = meta.hub_handle  # an unregistered Hub module: resolve its handle again
         return cls(
-            model=model, spec=get_backbone(backbone), weights=meta.weights, class_names=meta.class_names,
+            model=model, spec=_backbone_of_run(backbone, directory), weights=meta.weights, class_names=meta.class_names,
             head=Head.from_config(meta.head),
             image_settings=PipelineSettings(image_size=int(model.input_shape[1]), resize=meta.resize,
                                             background=meta.background),
@@ -204,3 +205,18 @@ def require(run: TrainedRun | None) -> TrainedRun:
     if run is None:
         raise NotFittedError("This FineTuner has no model yet: call fit() (or build()) first.")
     return run
+
+
+def _backbone_of_run(name: str, run: PathLike) -> BackboneSpec:
+    """The spec of the backbone a saved run names; a KerasHub preset folder that is gone is a DataError
+    that says so (its layer groups and preprocessing come from the folder, for further training)."""
+    try:
+        return get_backbone(name)
+    except UnknownBackboneError:
+        if not os.path.isabs(name):
+            raise
+        raise DataError(
+            f"The run {str(run)!r} was trained on the KerasHub preset folder {name!r}, which is no longer there. "
+            f"Fix: put the preset folder (or a copy of it) back at {name}. The model alone loads without it: "
+            f"keras.saving.load_model('{Path(run) / 'model.keras'}') after `import keras_hub`."
+        ) from None

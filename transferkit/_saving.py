@@ -36,6 +36,7 @@ from transferkit._errors import DataError
 from transferkit._heads import Head
 from transferkit._model import BACKBONE, HEAD, INPUT, PREPROCESSOR, build_model, model_parts, with_preprocessor
 from transferkit._types import Color, History, PathLike
+from transferkit.backbones._kerashub import keras_hub, uses_keras_hub
 from transferkit.backbones._preprocessing import Preprocess, builtin_preprocessor
 from transferkit.backbones._registry import BackboneSpec
 from transferkit.backbones._weights import build_backbone
@@ -141,6 +142,8 @@ def load_run(directory: PathLike, *, safe_mode: bool = True) -> tuple[keras.Mode
         raise DataError(f"{str(root)!r} is not a saved FineTuner: expected {MODEL_FILE} and {META_FILE} in it.")
     meta = RunMetadata.from_json((root / META_FILE).read_text(), where=str(root / META_FILE))
     if meta.hub_handle is None:
+        if uses_keras_hub(root / MODEL_FILE):
+            keras_hub()  # registers KerasHub's layers with Keras (or says how to install it)
         # compile=False: an older run's optimizer was saved unbuilt, and a run trains on in new phases anyway
         model = keras.saving.load_model(root / MODEL_FILE, safe_mode=safe_mode, compile=False)
         return (_with_preprocess_layer(model, meta, root) if meta.format >= 3 else model), meta

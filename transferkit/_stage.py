@@ -47,7 +47,7 @@ from transferkit._selection import BestEpoch, BestWeights, Divergence, Divergenc
 from transferkit._settings import Settings
 from transferkit._solve import HeadSolution, solve_head
 from transferkit._types import Callbacks, History, Verbose
-from transferkit.backbones._groups import layer_groups
+from transferkit.backbones._groups import layer_groups, members
 
 log = logging.getLogger("transferkit")
 
@@ -104,12 +104,13 @@ def phase_optimizer(phase: Phase, steps: int, run: TrainedRun) -> keras.optimize
         return phase.make_optimizer(steps)
     backbone = backbone_of(run.model)
     groups = layer_groups(backbone, run.spec.groups)
+    found = members(backbone, run.spec.groups)
     mapping = keras.optimizers.OptimizerMap(default_optimizer=phase.make_optimizer(steps))
     for depth, group in enumerate(reversed(list(groups)), start=0):
-        trained = [n for n in groups[group] if backbone.get_layer(n).trainable_weights]
+        trained = [w.path for n in groups[group] for w in found[n].trainable_weights]
         if depth == 0 or not trained:
             continue  # the top group trains with the head; frozen groups need no optimizer
-        pattern = "(" + "|".join(re.escape(n) for n in trained) + ")/.*"
+        pattern = "(" + "|".join(re.escape(path) for path in trained) + ")"  # the variables' own paths
         mapping[pattern] = phase.make_optimizer(steps, scale=phase.lr_decay ** depth)
     return keras.optimizers.MultiOptimizer(mapping)
 

@@ -360,8 +360,10 @@ def hub_backbone_of_run(
 
 
 def _resolve(name: str) -> BackboneSpec | None:
-    """The registry's resolver for names it does not hold: Hub URLs and SavedModel folders."""
-    if name.startswith(("http://", "https://")) or os.path.isdir(name):
+    """The registry's resolver for names it does not hold: Hub URLs and SavedModel folders (a folder with a
+    ``config.json`` and no SavedModel is a KerasHub preset, which ``backbones._kerashub`` resolves)."""
+    preset = os.path.isfile(os.path.join(name, "config.json")) and not _holds_savedmodel(name)
+    if name.startswith(("http://", "https://")) or (os.path.isdir(name) and not preset):
         return hub_backbone(name)
     return None
 

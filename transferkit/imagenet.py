@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import re
 
 import keras
 import numpy as np
@@ -51,4 +52,4 @@ def imagenet_classifier(
     """
     spec = get_backbone(backbone)
     net = build_classifier(spec, weights=weights, image_size=image_size)
-    return with_preprocessing(net, spec.preprocessing, name=f"imagenet_{spec.name}")
+    return with_preprocessing(net, spec.preprocessing, name="imagenet_" + re.sub(r"\W", "_", spec.name)[-60:])

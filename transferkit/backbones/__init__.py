@@ -14,6 +14,8 @@ Example:
 from transferkit._public import publish as _publish
 from transferkit.backbones._applications import register_all as _register_applications
 from transferkit.backbones._groups import GroupRule, layer_groups
+from transferkit.backbones._kerashub import FAMILIES as KERAS_HUB_FAMILIES
+from transferkit.backbones._kerashub import kerashub_backbone, list_kerashub_presets
 from transferkit.backbones._preprocessing import PREPROCESSING_MODES, Preprocess
 from transferkit.backbones._registry import register_resolver, unregister_backbone
 from transferkit.backbones._testing import register_test_backbones as _register_test_backbones
@@ -23,12 +25,15 @@ _register_applications()
 _register_test_backbones()
 
 __all__ = [
+    "KERAS_HUB_FAMILIES",
     "PREPROCESSING_MODES",
     "GroupRule",
     "Preprocess",
     "build_backbone",
     "build_classifier",
+    "kerashub_backbone",
     "layer_groups",
+    "list_kerashub_presets",
     "register_resolver",
     "unregister_backbone",
 ]

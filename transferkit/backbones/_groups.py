@@ -32,6 +32,10 @@ class GroupRule:
         top: Regular expression for layers after the last block (final conv, norm …).
         stem_until_branch: Put every layer up to the first one that feeds more than one layer
             into the stem (Inception families, whose stem layers have no stable names).
+        inner: Regular expression for the paths of layers that hold other layers (a nested
+            network; a transformer's encoder as one layer): their sublayers take their place, named
+            ``"<layer>/<sublayer>"`` (opened again where the longer path matches), so that the blocks
+            inside can be grouped (and frozen) one by one. Sublayers no pattern matches join the top group.
 
     Example:
         >>> GroupRule(blocks=(r"^(block\\d+)_",), stem=r"^stem_")
@@ -41,6 +45,45 @@ class GroupRule:
     stem: str | None = None
     top: str | None = None
     stem_until_branch: bool = False
+    inner: str | None = None
+
+
+def sublayers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
+    """The layers ``layer`` holds directly (Keras tracks them as it builds the layer)."""
+    return list(layer._flatten_layers(include_self=False, recursive=False))
+
+
+def members(model: keras.Model, rule: GroupRule) -> dict[str, keras.layers.Layer]:
+    """The layers that ``rule`` groups, by name, in order: ``model``'s layers, with each layer that
+    ``rule.inner`` matches (by its path, ``"<layer>/<sublayer>"`` below the top) opened into its
+    sublayers, recursively."""
+    found: dict[str, keras.layers.Layer] = {}
+
+    def visit(layer: keras.layers.Layer, path: str) -> None:
+        if rule.inner and re.search(rule.inner, path):
+            for child in sublayers(layer):
+                visit(child, f"{path}/{child.name}")
+        else:
+            found[path] = layer
+
+    for layer in model.layers:
+        visit(layer, layer.name)
+    return found
+
+
+def containers(model: keras.Model, rule: GroupRule) -> dict[str, keras.layers.Layer]:
+    """The layers ``rule.inner`` opens, by path, each before the ones inside it."""
+    opened: dict[str, keras.layers.Layer] = {}
+
+    def visit(layer: keras.layers.Layer, path: str) -> None:
+        if rule.inner and re.search(rule.inner, path):
+            opened[path] = layer
+            for child in sublayers(layer):
+                visit(child, f"{path}/{child.name}")
+
+    for layer in model.layers:
+        visit(layer, layer.name)
+    return opened
 
 
 def producers(node_args: Any) -> Iterator[str]:
@@ -72,17 +115,18 @@ def layer_groups(model: keras.Model, rule: GroupRule) -> dict[str, list[str]]:
     Returns:
         An ordered mapping ``{"stem": [...], "block_1": [...], ..., "top": [...]}`` of layer
         names; every layer of the model appears in exactly one group, empty groups are left out.
+        A layer that ``rule.inner`` opens is replaced by its sublayers (see :func:`members`).
 
     Example:
         >>> groups = layer_groups(backbone, get_backbone("mobilenet").groups)
         >>> list(groups)[-1]
         'block_13'
     """
+    found = members(model, rule)
     layers = list(model.layers)
     label: dict[str, str] = {}
     block_keys: list[str] = []
-    for layer in layers:
-        name = layer.name
+    for name, layer in found.items():
         if isinstance(layer, keras.layers.InputLayer) or (rule.stem and re.search(rule.stem, name)):
             label[name] = STEM
         elif rule.top and re.search(rule.top, name):
@@ -105,18 +149,18 @@ def layer_groups(model: keras.Model, rule: GroupRule) -> dict[str, list[str]]:
                 break
 
     rank = {STEM: -1, TOP: len(block_keys), **{key: i for i, key in enumerate(block_keys)}}
-    for layer in reversed(layers):
-        if layer.name in label:
+    for name in reversed(found):
+        if name in label:
             continue
-        fed = [label[c] for c in consumers[layer.name] if c in label]
-        label[layer.name] = min(fed, key=rank.__getitem__) if fed else TOP
+        fed = [label[c] for c in consumers.get(name, ()) if c in label]
+        label[name] = min(fed, key=rank.__getitem__) if fed else TOP
 
     names = {STEM: STEM, TOP: TOP, **{key: f"block_{i + 1}" for i, key in enumerate(block_keys)}}
     groups: dict[str, list[str]] = {STEM: []}
     groups.update({names[key]: [] for key in block_keys})
     groups[TOP] = []
-    for layer in layers:
-        groups[names[label[layer.name]]].append(layer.name)
+    for name in found:
+        groups[names[label[name]]].append(name)
     return {group: members for group, members in groups.items() if members}
 
 

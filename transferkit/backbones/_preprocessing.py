@@ -15,9 +15,10 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import numpy as np
 from keras import ops
 
-from transferkit._errors import check_choice
+from transferkit._errors import ConfigError, check_choice
 
 # What each mode does, as documented by keras.applications and TensorFlow Hub.
 PREPROCESSING_MODES: dict[str, str] = {
@@ -27,6 +28,9 @@ PREPROCESSING_MODES: dict[str, str] = {
     "builtin": "none here: the network rescales its input itself",
     "unit": "scale to [0, 1] (TensorFlow Hub convention)",
 }
+AFFINE_PREFIX = "affine:"
+"""A contract of its own: ``affine:S0,S1,S2:O0,O1,O2`` is ``x * S + O`` per RGB channel (a KerasHub
+preset's image converter, for one; see :func:`affine_mode`)."""
 
 _IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 _IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
@@ -42,13 +46,62 @@ _AFFINE: dict[str, tuple[float | list[float], float | list[float]]] = {
 }
 
 
+def affine_mode(scale: Any, offset: Any) -> str:
+    """The contract ``x * scale + offset`` (scalars or one value per RGB channel) as a mode name: a named
+    mode where it is one (``"tf"``, ``"unit"``, ``"torch"``, to float32 precision), else ``affine:…``.
+
+    Example:
+        >>> affine_mode(1 / 127.5, -1.0)
+        'tf'
+        >>> affine_mode([1 / 255.0] * 3, [0.0] * 3)
+        'unit'
+    """
+    scales, offsets = _per_channel(scale), _per_channel(offset)
+    for mode, (named_scale, named_offset) in _AFFINE.items():
+        if mode == "caffe":
+            continue
+        if (np.allclose(scales, _per_channel(named_scale), rtol=1e-6, atol=0)
+                and np.allclose(offsets, _per_channel(named_offset), rtol=1e-6, atol=1e-7)):
+            return mode
+    return AFFINE_PREFIX + ",".join(map(repr, scales)) + ":" + ",".join(map(repr, offsets))
+
+
+def _per_channel(value: Any) -> list[float]:
+    values = [float(v) for v in np.ravel(np.asarray(value, dtype="float64"))]
+    if len(values) == 1:
+        values *= 3
+    if len(values) != 3:
+        raise ConfigError(f"Expected one value or three (RGB) for a preprocessing contract. Received: {value!r}.")
+    return values
+
+
+def check_mode(mode: str) -> str:
+    """``mode`` if it names a contract (a key of ``PREPROCESSING_MODES`` or an ``affine:`` one), else a ConfigError."""
+    if isinstance(mode, str) and mode.startswith(AFFINE_PREFIX):
+        _scale_offset(mode)
+        return mode
+    return check_choice("mode", mode, PREPROCESSING_MODES)
+
+
+def _scale_offset(mode: str) -> tuple[float | list[float], float | list[float]]:
+    if not mode.startswith(AFFINE_PREFIX):
+        return _AFFINE[mode]
+    try:
+        scale, offset = mode[len(AFFINE_PREFIX):].split(":")
+        return _per_channel(scale.split(",")), _per_channel(offset.split(","))
+    except (ValueError, ConfigError):
+        raise ConfigError(
+            f"Expected an affine preprocessing contract as 'affine:S0,S1,S2:O0,O1,O2'. Received: {mode!r}."
+        ) from None
+
+
 @keras.saving.register_keras_serializable(package="transferkit")
 class Preprocess(keras.layers.Layer):
     """Map raw RGB pixels in [0, 255] to a backbone's expected input.
 
     Args:
         mode: One of ``"tf"``, ``"torch"``, ``"caffe"``, ``"builtin"``, ``"unit"``
-            (see ``PREPROCESSING_MODES``).
+            (see ``PREPROCESSING_MODES``), or ``"affine:S0,S1,S2:O0,O1,O2"`` (see :func:`affine_mode`).
 
     Example:
         >>> Preprocess(mode="tf")(np.full((1, 2, 2, 3), 255.0))  # all ones
@@ -56,7 +109,7 @@ class Preprocess(keras.layers.Layer):
 
     def __init__(self, mode: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.mode = check_choice("mode", mode, PREPROCESSING_MODES)
+        self.mode = check_mode(mode)
 
     def call(self, inputs: Any) -> Any:
         x = ops.cast(inputs, self.compute_dtype)
@@ -64,7 +117,7 @@ class Preprocess(keras.layers.Layer):
             return x
         if self.mode == "caffe":
             x = ops.flip(x, axis=-1)  # RGB → BGR
-        scale, offset = _AFFINE[self.mode]
+        scale, offset = _scale_offset(self.mode)
         # the operations of keras.layers.Rescaling.call, in its order: builtin_preprocessor's twin
         return x * ops.cast(scale, x.dtype) + ops.cast(offset, x.dtype)
 
@@ -83,18 +136,18 @@ def builtin_preprocessor(mode: str, *, name: str, dtype: Any = None) -> keras.la
     arithmetic, so exact, and no weights) before its ``Rescaling``. Channels last, any image size.
 
     Args:
-        mode: A key of ``PREPROCESSING_MODES``.
+        mode: A key of ``PREPROCESSING_MODES`` or an ``affine:`` contract.
         name: The layer's name.
         dtype: Its dtype policy or policy name (``None``: the global one).
 
     Example:
         >>> builtin_preprocessor("tf", name="preprocess")  # keras.layers.Rescaling(1 / 127.5, -1.0)
     """
-    check_choice("mode", mode, PREPROCESSING_MODES)
+    check_mode(mode)
     dtype = getattr(dtype, "name", dtype)  # a policy by name: Identity cannot serialise a DTypePolicy object
     if mode == "builtin":
         return keras.layers.Identity(name=name, dtype=dtype)
-    scale, offset = _AFFINE[mode]
+    scale, offset = _scale_offset(mode)
     if mode != "caffe":
         return keras.layers.Rescaling(scale, offset, name=name, dtype=dtype)
     rgb = keras.Input(shape=(None, None, 3), name="rgb")

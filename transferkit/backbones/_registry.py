@@ -10,7 +10,7 @@ import keras
 
 from transferkit._errors import BackboneExistsError, ConfigError, UnknownBackboneError, did_you_mean
 from transferkit.backbones._groups import GroupRule
-from transferkit.backbones._preprocessing import PREPROCESSING_MODES
+from transferkit.backbones._preprocessing import PREPROCESSING_MODES, check_mode
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,7 +27,8 @@ class BackboneSpec:
         input_size: Default square input size in pixels.
         min_size: Smallest accepted input size.
         weight_sizes: Sizes the pretrained weights were trained at, or ``None`` for any.
-        preprocessing: Key of ``PREPROCESSING_MODES`` — the contract for raw 0–255 input.
+        preprocessing: Key of ``PREPROCESSING_MODES``, or an ``affine:`` contract of its own — what
+            raw 0–255 input is mapped to.
         feature_dim: Channels of the feature map (the size of the pooled feature vector).
         groups: How to split the network into stem, blocks and top.
         description: One line for tables.
@@ -61,11 +62,13 @@ class BackboneSpec:
     params: int | None = None
 
     def __post_init__(self) -> None:
-        if self.preprocessing not in PREPROCESSING_MODES:
+        try:
+            check_mode(self.preprocessing)
+        except ConfigError:
             raise ConfigError(
-                f"Expected preprocessing to be one of {sorted(PREPROCESSING_MODES)}. "
+                f"Expected preprocessing to be one of {sorted(PREPROCESSING_MODES)} or 'affine:S0,S1,S2:O0,O1,O2'. "
                 f"Received: preprocessing={self.preprocessing!r} for backbone {self.name!r}."
-            )
+            ) from None
         if self.input_size < self.min_size:
             raise ConfigError(
                 f"Backbone {self.name!r}: input_size={self.input_size} is below min_size={self.min_size}."

@@ -11,6 +11,7 @@ from transferkit.cli._text import table
 
 def backbones(args: argparse.Namespace) -> int:
     import transferkit as tk
+    from transferkit.backbones._kerashub import INSTALL, is_installed, list_kerashub_presets
 
     rows = [tk.get_backbone(n).describe() for n in tk.list_backbones(args.filter, include_test=args.all)]
     if args.json:
@@ -20,6 +21,15 @@ def backbones(args: argparse.Namespace) -> int:
     else:
         print(table(rows, ("name", "family", "input_size", "params", "feature_dim", "preprocessing")))
         print(f"\n{len(rows)} backbones")
+    if args.json or args.markdown:
+        return 0
+    presets = list_kerashub_presets(args.filter)
+    if presets:
+        print("\nKerasHub presets (pass the name as --backbone; a preset folder works too):\n")
+        print(table(presets, ("name", "family", "params", "weights")))
+        print(f"\n{len(presets)} presets")
+    elif not is_installed():
+        print(f"\nKerasHub presets: not available (keras-hub is not installed). Fix: {INSTALL}")
     return 0
 
 

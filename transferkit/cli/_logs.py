@@ -21,7 +21,8 @@ from typing import Any
 # that Abseil prints before its logging is set up, and the one LiteRT prints for every interpreter
 _NATIVE_LOG_LINE = re.compile(r"^(?:[IWE]\d{4} [\d:.]+\s+\d+ \S+:\d+\] |WARNING: All log messages before "
                               r"absl::InitializeLog\(\) is called are written to STDERR|"
-                              r"INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.)")
+                              r"INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.|"
+                              r"fully_quantize: \d+, inference_type: )")
 
 
 def quiet_tensorflow() -> None:

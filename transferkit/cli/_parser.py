@@ -33,7 +33,8 @@ from transferkit._defaults import (
     WORKER_TIMEOUT,
 )
 
-BACKBONE_HELP = f"registry name (`transferkit backbones` lists them; default: {DEFAULT_BACKBONE})"
+BACKBONE_HELP = (f"registry name, KerasHub preset name, kaggle:// or hf:// handle, or a local KerasHub/timm preset "
+                 f"folder (`transferkit backbones` lists them; default: {DEFAULT_BACKBONE})")
 IMAGE_SIZE_HELP = "pixels per side the images are resized to (default: the backbone's input size)"
 
 
@@ -67,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, help: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, description=help, parents=[common], formatter_class=HelpFormatter)
 
-    p = command("backbones", "list the registered backbones")
+    p = command("backbones", "list the registered backbones and the KerasHub presets keras-hub knows")
     p.add_argument("--filter", help="only names or families containing this text")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--markdown", action="store_true", help="print a Markdown table")

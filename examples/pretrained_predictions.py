@@ -3,9 +3,14 @@
     python examples/pretrained_predictions.py                 # scikit-image's sample photos
     python examples/pretrained_predictions.py PHOTO_DIR       # the first ten images of a folder
     python examples/pretrained_predictions.py --hub HANDLE    # a Hub ImageNet classifier (URL or folder)
+    python examples/pretrained_predictions.py --backbone efficientnet_b0             # any registered backbone
+    python examples/pretrained_predictions.py --backbone efficientnet_lite0_ra_imagenet  # a KerasHub preset
+    python examples/pretrained_predictions.py --backbone ../shared/weights/efficientnet_lite0_timm  # a preset folder
 
-Works offline: MobileNet v1's ImageNet weights and the 1000 class names ship with transferkit.
-The grid is written to pretrained_predictions.png.
+Works offline with the default: MobileNet v1's ImageNet weights and the 1000 class names ship with
+transferkit. A KerasHub preset (``pip install "transferkit[keras-hub]"``) downloads on first use; a
+preset folder with an ImageNet classifier (a timm checkpoint, or ``ImageClassifier.save_to_preset``)
+works offline. The grid is written to pretrained_predictions.png.
 """
 
 import argparse
@@ -21,7 +26,8 @@ from transferkit.report import plot_predictions
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("folder", nargs="?", help="folder of photos (default: scikit-image samples)")
-parser.add_argument("--backbone", default="mobilenet")
+parser.add_argument("--backbone", default="mobilenet",
+                    help="a backbone name, a KerasHub preset name, or a KerasHub preset folder with a classifier")
 parser.add_argument("--hub", help="a TensorFlow Hub ImageNet classifier: URL or SavedModel folder")
 parser.add_argument("--out", default="pretrained_predictions.png")
 args = parser.parse_args()
@@ -62,5 +68,8 @@ top = decode_predictions(probabilities, top=1)
 labels = [f"{t[0][1]} {t[0][2]:.2f}" for t in top]
 for name, label in zip(names, labels):
     print(f"{name}: {label}")
-plot_predictions(batch, labels, args.out, title=f"Top ImageNet class ({args.backbone})")
+shown = args.hub or args.backbone
+if Path(shown).is_dir():  # a folder: its name, not the whole path
+    shown = Path(shown).resolve().name
+plot_predictions(batch, labels, args.out, title=f"Top ImageNet class ({shown})")
 print(f"grid written to {args.out}")

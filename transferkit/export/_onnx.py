@@ -91,10 +91,12 @@ def convert_onnx(run: TrainedRun) -> tuple[bytes, int]:
     extra = [value.name for value in graph.input if value.name != "images"]
     if extra:
         # keras.layers.Normalization (EfficientNet's first layer) keeps its mean and variance as
-        # constant tensors, which tf2onnx turns into graph inputs instead of weights
+        # constant tensors, which tf2onnx turns into graph inputs instead of weights; so do the
+        # position embeddings of KerasHub's ViT
         raise ConfigError(f"tf2onnx converted this model into a graph that needs inputs besides the images: "
                           f"{', '.join(extra[:3])}{' …' if len(extra) > 3 else ''}: constants it did not freeze "
-                          "(keras.layers.Normalization, the first layer of EfficientNet and ConvNeXt, does this). "
+                          "(keras.layers.Normalization, the first layer of keras.applications' EfficientNet and "
+                          "ConvNeXt, and the position embeddings of KerasHub's ViT do this). "
                           "Export it as format='saved_model' or 'tflite' instead.")
     unknown = sorted({node.op_type for node in graph.node if not onnx.defs.has(node.op_type, node.domain)})
     if unknown:

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 # own __init__.py (``import transferkit``).
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("shared by everything", ("_errors", "_types", "_public", "_defaults")),
-    ("images, networks and files", ("data", "backbones", "_heads", "_atomic")),
+    ("images, networks and files", ("data", "backbones", "_heads", "_atomic", "_html")),
     ("the parts of a model, put together", ("_model",)),
     ("Hub modules as backbones", ("hub",)),
     ("the pieces a training run is made of", (
@@ -34,7 +34,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("one phase's run, as named steps", ("_stage",)),
     ("the refit on all images", ("_refit",)),
     # report takes plain data; FineTuner.write_report gathers it and hands it over
-    ("plots and reports", ("report",)),
+    ("plots and reports", ("report", "_report_page")),
     ("the facade", ("_finetuner",)),
     ("what runs FineTuners", ("_tuning", "imagenet", "_demo", "export", "_run_folder", "review")),
     ("the command and the public API", ("cli", "__init__")),

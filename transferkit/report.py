@@ -5,7 +5,8 @@
 * :func:`plot_predictions` — a grid of validation images titled "predicted (true)", mistakes in red;
 * :func:`plot_scores` — the scores of a search's trials;
 * :func:`plot_lr_find` — a learning-rate sweep and its suggestion;
-* :func:`write_report` — all of them plus ``metrics.json`` and ``labels.txt`` for one run.
+* :func:`write_report` — all of them plus ``metrics.json``, ``labels.txt`` and ``report.html`` (the
+  same report as one self-contained page, :mod:`transferkit._report_page`) for one run.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from transferkit._calibration import Calibration
 from transferkit._errors import MissingDependencyError
 from transferkit._lr_find import LearningRateSweep
 from transferkit._metrics import MULTI_LABEL_THRESHOLD, Evaluation, Predictions
+from transferkit._report_page import write_report_page
 from transferkit._selection import BestEpoch, Refit
 from transferkit._types import History, PathLike
 from transferkit.data._images import load_image
@@ -239,7 +241,7 @@ def write_report(
     grid: int = 10,
     solved: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Write labels.txt, metrics.json and the PNGs of a run into ``out``; returns the metrics written.
+    """Write labels.txt, metrics.json, the PNGs and report.html of a run into ``out``; returns the metrics written.
 
     :meth:`transferkit.FineTuner.write_report` gathers all of this from a trained tuner.
 
@@ -291,5 +293,8 @@ def write_report(
                                       background=settings.background) for i in order])
         plot_predictions(images, [predicted[i] for i in order], root / "predictions.png",
                          true=[true[i] for i in order], rows=2, columns=max(1, (len(order) + 1) // 2))
+    write_report_page(root, class_names=class_names, history=history, evaluation=evaluation, examples=examples,
+                      truth=truth, image_settings=image_settings, calibration=calibration, best=best, refit=refit,
+                      skipped=skipped)
     write_text_atomic(root / "metrics.json", json.dumps(metrics, indent=2))
     return metrics

@@ -14,7 +14,8 @@ def evaluate(args: argparse.Namespace) -> int:
     import transferkit as tk
 
     tuner = tk.FineTuner.load(args.run_dir)
-    evaluation = tuner.evaluate(args.data_dir, **_tta(args))
+    # --out: one prediction per file gives the metrics and the page's images
+    evaluation = tuner.evaluate(args.data_dir, **_tta(args)) if args.out is None else _evaluate_into(tuner, args)
     if args.json:
         print(json.dumps(evaluation.to_dict(), indent=2))
         return 0
@@ -23,6 +24,35 @@ def evaluate(args: argparse.Namespace) -> int:
             for name, m in evaluation.per_class.items()]
     print(table(rows, ("class", "precision", "recall", "f1", "support")))
     return 0
+
+
+def _evaluate_into(tuner: Any, args: argparse.Namespace) -> Any:
+    """Evaluate on ``args.data_dir`` from one prediction per file, and write report.html and
+    metrics.json for those images into ``args.out``."""
+    from pathlib import Path
+
+    from transferkit._atomic import write_text_atomic
+    from transferkit._errors import DataError
+    from transferkit._report_page import write_report_page
+    from transferkit.data._images import printable
+    from transferkit.data._sources import scan_folder
+
+    run = tuner.result
+    files = scan_folder(args.data_dir)
+    if files.class_names != run.class_names:
+        raise DataError(f"The classes in {printable(str(args.data_dir))!r} {list(files.class_names)} differ from "
+                        f"the model's {list(run.class_names)}.")
+    predictions = tuner.predict(list(files.paths), **_tta(args))
+    evaluation = run.evaluation(predictions.probabilities, files.labels)
+    out = Path(args.out)
+    write_report_page(out, class_names=run.class_names, history=run.history, evaluation=evaluation,
+                      examples=predictions, truth=files.labels, image_settings=run.image_settings, split="test",
+                      title=f"Evaluation of {Path(args.run_dir).name} on {Path(args.data_dir).name}")
+    metrics = {"run": str(args.run_dir), "data": str(args.data_dir), "tta": args.tta, "test": evaluation.to_dict()}
+    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
+    if not args.json:
+        print(f"Wrote {out / 'report.html'} and {out / 'metrics.json'}")
+    return evaluation
 
 
 def _tta(args: argparse.Namespace) -> dict[str, Any]:

@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data_dir", help="folder of class sub-folders, with the run's classes")
     _tta_options(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--out", metavar="DIR",
+                   help="also write report.html (per-class table, confusion matrix with its images, top losses) "
+                        "and metrics.json for these images into DIR")
 
     p = command("predict", "top classes of an image or a folder of images")
     p.add_argument("run_dir",

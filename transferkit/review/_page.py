@@ -78,7 +78,9 @@ def write_review_page(
             relabel choice starts at ``suggested``.
         duplicates: Rows ``{"path_a", "path_b", "similarity", "across"}``, shown side by side
             (``path_a`` left); ``across`` true marks a pair between the data (``path_a``) and another
-            folder (``path_b``, a test set): a leak, listed first and marked.
+            folder (``path_b``, a test set): a leak, listed first and marked. ``decisions.csv`` is
+            applied to the data, so a leak's choice is keep or remove ``path_a``; ``path_b`` gets a
+            row only from another section that lists it.
         outliers: Rows ``{"path", "reason", "score"}`` (``score`` may be blank).
         thumbnail: ``path → image bytes`` (PNG, or JPEG/GIF/WebP, small: about 96 pixels); each
             path is asked once. A path it raises for is shown as "no preview".
@@ -264,31 +266,42 @@ function singleControl(p, suggested) {
   return [box, refresh];
 }
 
-// keep both / remove left / remove right for a pair; a relabel made elsewhere counts as kept
-function pairControl(a, b, sides) {
+// keep both / remove left / remove right for a pair; a relabel made elsewhere counts as kept.
+// A leak's right side lies in the other folder: decisions.csv is applied to the data, so only the
+// data's side (left) is decided there.
+function pairControl(a, b, sides, across) {
   const name = "d" + (uid++);
   const box = el("div", {class: "decision"});
   const radio = v => el("input", {type: "radio", name: name, value: v});
   const both = radio("keep"), left = radio("remove-a"), right = radio("remove-b");
   const clear = el("button", {type: "button", class: "clear", text: "clear"});
   const state = el("span", {class: "state"});
-  box.append(el("label", {}, both, " keep both"), el("label", {}, left, " remove left"),
-             el("label", {}, right, " remove right"), clear, state);
+  if (across) {
+    box.append(el("label", {}, both, " keep"), el("label", {}, left, " remove left (from the data)"), clear, state,
+               el("span", {class: "muted", text: "the other folder's copy is not changed by decisions.csv"}));
+  } else {
+    box.append(el("label", {}, both, " keep both"), el("label", {}, left, " remove left"),
+               el("label", {}, right, " remove right"), clear, state);
+  }
   const KEEP = {decision: "keep", label: ""};
   const kept = i => { const d = decisions.get(i); if (!d || d.decision === "remove") decisions.set(i, KEEP); };
   const keepOne = i => { const d = decisions.get(i); if (!d || d.decision !== "relabel") decisions.set(i, KEEP); };
-  both.addEventListener("change", () => { keepOne(a); keepOne(b); changed(); });
-  left.addEventListener("change", () => { decisions.set(a, {decision: "remove", label: ""}); kept(b); changed(); });
+  both.addEventListener("change", () => { keepOne(a); if (!across) keepOne(b); changed(); });
+  left.addEventListener("change", () => {
+    decisions.set(a, {decision: "remove", label: ""});
+    if (!across) kept(b);
+    changed();
+  });
   right.addEventListener("change", () => { decisions.set(b, {decision: "remove", label: ""}); kept(a); changed(); });
-  clear.addEventListener("click", () => { decisions.delete(a); decisions.delete(b); changed(); });
+  clear.addEventListener("click", () => { decisions.delete(a); if (!across) decisions.delete(b); changed(); });
   const refresh = () => {
-    const da = decisions.get(a), db = decisions.get(b);
+    const da = decisions.get(a), db = across ? undefined : decisions.get(b);
     const goneA = !!da && da.decision === "remove", goneB = !!db && db.decision === "remove";
     left.checked = goneA && !goneB;
     right.checked = goneB && !goneA;
-    both.checked = !!da && !!db && !goneA && !goneB;
+    both.checked = !!da && !goneA && (across || (!!db && !goneB));
     state.textContent = goneA && goneB ? "both removed" : left.checked ? "remove left" : right.checked
-      ? "remove right" : both.checked ? "keep both" : "";
+      ? "remove right" : both.checked ? (across ? "keep" : "keep both") : "";
     sides[0].classList.toggle("removed", goneA);
     sides[1].classList.toggle("removed", goneB);
     const item = box.closest(".item");
@@ -315,7 +328,7 @@ function pairItem(row, n) {
                               el("div", {class: "path", text: D.paths[i]}));
   const sides = across ? [side(a, "left · in the data"), side(b, "right · in the other folder")]
                        : [side(a, "left"), side(b, "right")];
-  const [control, refresh] = pairControl(a, b, sides);
+  const [control, refresh] = pairControl(a, b, sides, across);
   const item = el("div", {class: "item" + (across ? " leak" : ""), "data-key": "pair-" + n},
     el("div", {class: "info"},
        el("div", {}, across ? el("span", {class: "badge leak", text: "LEAK: across folders"})

@@ -42,3 +42,7 @@ QUANTIZATIONS = ("none", "float16", "dynamic", "int8", "int8-mixed")
 DEMO_PER_CLASS = 50
 DEMO_IMAGE_SIZE = 96
 DEMO_SEED = 0
+
+# transferkit review: cosine similarity of two images' pooled features from which they are a duplicate
+# pair (measured on MobileNet v1 features of stamps5: see transferkit/review/_duplicates.py)
+DUPLICATE_THRESHOLD = 0.90

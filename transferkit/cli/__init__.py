@@ -45,6 +45,7 @@ HANDLERS = {
     "evaluate": ("_saved", "evaluate"),
     "predict": ("_saved", "predict"),
     "export": ("_saved", "export"),
+    "review": ("_review", "review"),
 }
 
 

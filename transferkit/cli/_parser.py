@@ -14,6 +14,7 @@ from transferkit._defaults import (
     DEMO_IMAGE_SIZE,
     DEMO_PER_CLASS,
     DEMO_SEED,
+    DUPLICATE_THRESHOLD,
     EXPORT_FORMATS,
     FINE_TUNE_EPOCHS,
     FINE_TUNE_LEARNING_RATE,
@@ -98,6 +99,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"images per class (at most {DEMO_PER_CLASS})")
     p.add_argument("--image-size", type=int, default=DEMO_IMAGE_SIZE, help="pixels per side")
     p.add_argument("--seed", type=int, default=DEMO_SEED, help="seeds the sample, the split and the training")
+
+    p = command("review", "find suspected label errors, duplicates and outliers in DATA_DIR (a class folder or a "
+                          ".csv) and write review.html; --apply carries out the page's decisions.csv")
+    p.add_argument("data_dir", help="folder of class sub-folders, or a CSV file (path,label)")
+    p.add_argument("--out", help="folder for label_issues.csv, duplicates.csv, outliers.csv and review.html")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=BACKBONE_HELP)
+    p.add_argument("--weights", default="imagenet", help="'imagenet', 'none' or a weights file")
+    p.add_argument("--image-size", type=int, help=IMAGE_SIZE_HELP)
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    p.add_argument("--run", help="a run folder: use its fine-tuned network's features instead of the backbone's")
+    p.add_argument("--against", metavar="OTHER_DIR",
+                   help="another folder (a test set): also find duplicates across the two (leaks)")
+    p.add_argument("--folds", type=int, default=5, help="folds of the out-of-fold probabilities")
+    p.add_argument("--ranking", choices=("self_confidence", "normalized_margin"), default="self_confidence",
+                   help="how suspected label errors are ordered")
+    p.add_argument("--threshold", type=float, default=DUPLICATE_THRESHOLD,
+                   help="cosine similarity of two images' features from which they count as duplicates")
+    p.add_argument("--seed", type=int, default=0, help="seeds the folds")
+    p.add_argument("--apply", metavar="DECISIONS_CSV",
+                   help="carry out decisions.csv from review.html on DATA_DIR (prints the plan; needs --yes)")
+    p.add_argument("--yes", action="store_true", help="make the changes --apply prints")
+    p.add_argument("--undo", action="store_true", help="put back everything the last --apply changed")
 
     p = command("evaluate", "metrics of a saved run on DATA_DIR/<class>/<images>")
     p.add_argument("run_dir", help="the run folder (`transferkit train --out`)")

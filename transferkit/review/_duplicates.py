@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from transferkit._defaults import DUPLICATE_THRESHOLD
 from transferkit._errors import ConfigError, DataError
 
 BLOCK = 2048
-THRESHOLD = 0.90
+THRESHOLD = DUPLICATE_THRESHOLD
 # float32 dot products of unit vectors: an exact copy can score 1 - 6e-8, not 1. Pairs within this
 # of the threshold count as reaching it, so threshold=1.0 finds exact copies.
 _ROUNDING = 1e-6

@@ -1,0 +1,22 @@
+"""Review a dataset: the images that look mislabelled, duplicated, leaked or odd, and one page to fix them.
+
+:func:`review` finds them (``transferkit review DATA --out DIR`` on the command line) and writes
+``label_issues.csv``, ``duplicates.csv``, ``outliers.csv`` and ``review.html``; a person marks each
+item keep / relabel / remove on the page and downloads ``decisions.csv``, which
+:func:`plan_decisions` checks and :func:`apply_plan` carries out (``--apply decisions.csv --yes``);
+:func:`undo` puts everything back. Nothing is ever deleted: removed images go to a quarantine
+folder beside the data.
+
+Example:
+    >>> result = review("photos/", out="review/")
+    >>> print(result.summary())
+    >>> apply_plan(plan_decisions("review/decisions.csv", "photos/"))
+"""
+
+from transferkit._public import publish as _publish
+from transferkit.review._apply import Plan, apply_plan, plan_decisions, undo
+from transferkit.review._review import Review, review
+
+__all__ = ["Plan", "Review", "apply_plan", "plan_decisions", "review", "undo"]
+
+_publish(__name__, globals(), __all__)

@@ -8,6 +8,7 @@ aborted and recorded: a self-contained page makes none. Skipped where Playwright
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import re
@@ -317,3 +318,54 @@ def test_review_page_pair_choices_and_a_few_thousand_items(browser, tmp_path):
         opened.check()
     finally:
         opened.close()
+
+
+def _tree(root: Path) -> dict[str, str | None]:
+    """Every path below ``root`` (relative) with its content's hash (``None`` for a folder)."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+            for p in sorted(root.rglob("*"))}
+
+
+def test_review_command_finds_planted_problems_and_its_page_s_decisions_apply_and_undo(browser, tmp_path, capsys):
+    data = write_image_folder(tmp_path / "data", per_class=10)
+    planted = data / "blue" / "planted.png"  # a red image in the blue folder
+    color_image((220, 30, 30), seed=999).save(planted)
+    copy = data / "green" / "copy.png"  # an exact copy of another green image
+    shutil.copyfile(data / "green" / "1.png", copy)
+    before = _tree(data)
+    out = tmp_path / "review"
+    assert main(["review", str(data), "--backbone", "tiny_cnn", "--out", str(out)]) == 0
+    assert "suspected label errors" in capsys.readouterr().out
+    issues = list(csv.DictReader((out / "label_issues.csv").open(encoding="utf-8")))
+    assert [(r["given"], r["suggested"]) for r in issues if r["path"] == str(planted)] == [("blue", "red")]
+    pairs = list(csv.DictReader((out / "duplicates.csv").open(encoding="utf-8")))
+    assert {pairs[0]["path_a"], pairs[0]["path_b"]} == {str(data / "green" / "1.png"), str(copy)}
+    assert float(pairs[0]["similarity"]) > 0.999
+    assert (out / "outliers.csv").read_text(encoding="utf-8").startswith("path,reason,score")
+
+    opened = Opened(browser, out / "review.html")
+    try:
+        page = opened.page
+        issue = page.locator(".item", has_text=str(planted)).first
+        issue.locator('input[value="relabel"]').check()
+        assert issue.locator("select").input_value() == "red"
+        pair = page.locator('[data-key="pair-0"]')
+        side = "remove-b" if pairs[0]["path_b"] == str(copy) else "remove-a"
+        pair.locator(f'input[value="{side}"]').check()
+        with page.expect_download() as download:
+            page.click("#download")
+        decisions = tmp_path / "decisions.csv"
+        download.value.save_as(decisions)
+        opened.check()
+    finally:
+        opened.close()
+
+    assert main(["review", str(data), "--apply", str(decisions)]) == 1  # prints the plan, changes nothing
+    assert "--yes" in capsys.readouterr().out and _tree(data) == before
+    assert main(["review", str(data), "--apply", str(decisions), "--yes"]) == 0
+    assert (data / "red" / "planted.png").is_file() and not planted.exists() and not copy.exists()
+    assert (tmp_path / "data.review" / "quarantine" / "green" / "copy.png").is_file()  # beside the data, kept
+    assert main(["review", str(data), "--apply", str(decisions), "--yes"]) == 0  # again: nothing to do
+    assert "Nothing to do" in capsys.readouterr().out
+    assert main(["review", str(data), "--undo"]) == 0
+    assert _tree(data) == before

@@ -29,6 +29,8 @@ TOP_LEVEL = {
     # data
     "load_folder", "load_csv", "from_arrays", "from_files", "scan_folder", "read_csv", "stratified_split",
     "ImageData", "ImageFiles", "PipelineSettings", "Augment", "SkippedFilesWarning",
+    # reviewing the data
+    "review", "Review", "plan_decisions", "apply_plan", "undo_decisions",
     # speed and search
     "FeatureCache", "search", "SearchResult",
     # a run folder's whole life, as `transferkit train` lives it

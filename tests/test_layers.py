@@ -36,7 +36,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # report takes plain data; FineTuner.write_report gathers it and hands it over
     ("plots and reports", ("report", "_report_page")),
     ("the facade", ("_finetuner",)),
-    ("what runs FineTuners", ("_tuning", "imagenet", "_demo", "export", "_run_folder", "review")),
+    ("what runs FineTuners", ("_tuning", "imagenet", "_demo", "export", "_run_folder", "_review")),
     ("the command and the public API", ("cli", "__init__")),
 )
 

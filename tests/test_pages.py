@@ -27,8 +27,8 @@ if CHROMIUM is None:
 from conftest import color_image, write_image_folder  # noqa: E402
 from playwright.sync_api import Browser, Page, sync_playwright  # noqa: E402
 
+from transferkit._review._page import default_thumbnail, write_review_page  # noqa: E402
 from transferkit.cli import main  # noqa: E402
-from transferkit.review._page import default_thumbnail, write_review_page  # noqa: E402
 
 CLASSES = ["blue", "green", "red"]
 
@@ -277,7 +277,7 @@ def test_review_page_decisions_download_as_csv(browser, reviewed, tmp_path):
         [str(data / "blue" / "1.png"), "remove", ""], [str(data / "green" / "3.png"), "keep", ""]]
 
     # the review's own reader takes it as it is
-    apply = pytest.importorskip("transferkit.review._apply")
+    apply = pytest.importorskip("transferkit._review._apply")
     plan = apply.plan_decisions(saved, data)
     assert sorted((a.kind, Path(a.source).name, a.label) for a in plan.actions) == [
         ("move", ODD_NAME, "blue"), ("quarantine", "1.png", None)]

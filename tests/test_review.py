@@ -17,7 +17,6 @@ from tuners import tiny_tuner
 
 import transferkit as tk
 from transferkit.cli import main
-from transferkit.review import Review, review
 
 
 def _rows(path):
@@ -36,8 +35,8 @@ def test_review_finds_a_leak_across_folders_and_reads_a_csv(tmp_path):
     table.write_text("path,label\n" + "".join(f"{p},{files.class_names[int(y)]}\n"
                                               for p, y in zip(files.paths, files.labels)), encoding="utf-8")
     # the tiny test network sees every noisy image of one colour as nearly the same: only copies here
-    result = review(table, backbone="tiny_cnn", against=test, out=tmp_path / "out", duplicate_threshold=0.9999)
-    assert isinstance(result, Review) and len(result.files) == 24
+    result = tk.review(table, backbone="tiny_cnn", against=test, out=tmp_path / "out", duplicate_threshold=0.9999)
+    assert isinstance(result, tk.Review) and len(result.files) == 24
     assert result.probabilities.shape == (24, 3)
     np.testing.assert_allclose(result.probabilities.sum(axis=1), 1.0, rtol=1e-6)
     first = result.duplicates[0]
@@ -55,7 +54,7 @@ def test_review_with_a_run_uses_its_network_and_flags_a_planted_label_error(tmp_
     tuner.save(tmp_path / "run")
     planted = data / "green" / "planted.png"  # a blue image in the green folder
     color_image((30, 40, 220), seed=12345).save(planted)
-    result = review(data, run=tmp_path / "run", out=tmp_path / "out")
+    result = tk.review(data, run=tmp_path / "run", out=tmp_path / "out")
     rows = _rows(tmp_path / "out" / "label_issues.csv")
     assert list(rows[0]) == ["path", "given", "suggested", "score"]
     assert {"path": str(planted), "given": "green", "suggested": "blue"} in [
@@ -75,6 +74,6 @@ def test_review_refuses_what_it_cannot_review_with_one_clear_line(tmp_path, caps
     assert "neither a folder of class sub-folders nor a .csv file" in capsys.readouterr().err
     one = write_image_folder(tmp_path / "one", per_class=3, colors={"red": (200, 20, 20)})
     with pytest.raises(tk.DataError, match="at least two class"):
-        review(one, backbone="tiny_cnn")
+        tk.review(one, backbone="tiny_cnn")
     with pytest.raises(tk.ConfigError, match="ranking"):
-        review(data, backbone="tiny_cnn", ranking="loss")
+        tk.review(data, backbone="tiny_cnn", ranking="loss")

@@ -18,9 +18,9 @@ import pytest
 from conftest import color_image
 
 from transferkit._errors import DataError
+from transferkit._review import _apply
+from transferkit._review._apply import Action, Plan, apply_plan, plan_decisions, undo_decisions
 from transferkit.data._sources import read_csv, scan_folder
-from transferkit.review import _apply
-from transferkit.review._apply import Action, Plan, apply_plan, plan_decisions, undo
 
 COLORS = {"blue": (30, 40, 220), "green": (40, 200, 40), "red": (220, 30, 30)}
 
@@ -172,12 +172,12 @@ def test_apply_then_undo_puts_the_folder_back_exactly(data: Path, tmp_path: Path
     assert snapshot(tmp_path) != before
     assert [p.name for p in (data / "red").iterdir()] == ["g0.png"]  # green's, moved in; red's in quarantine
 
-    lines = undo(data)
+    lines = undo_decisions(data)
 
     assert len(lines) == 5 and all(line.startswith("put back") for line in lines)
     assert snapshot(tmp_path) == before  # data byte for byte, and no data.review left behind
     with pytest.raises(DataError, match="Nothing to undo"):
-        undo(data)
+        undo_decisions(data)
 
 
 def test_paths_as_listed_from_the_working_folder_are_accepted(
@@ -235,7 +235,7 @@ def test_csv_relabel_rewrites_one_cell_remove_drops_the_row_and_undo_gives_back_
         "b0.png": 0, "b1.png": 1, "g0.png": 1, "g1.png": 2, "r1.png": 2}
     assert plan_decisions(decisions, table).actions == ()
 
-    lines = undo(table)
+    lines = undo_decisions(table)
 
     assert any("restored" in line for line in lines) and any("put back" in line for line in lines)
     assert table.read_bytes() == original
@@ -281,7 +281,7 @@ def test_a_run_stopped_by_a_file_that_appeared_at_a_destination_is_finished_by_r
 
     assert json.loads(plan.undo_log.read_text())["state"] == "applied"
     assert not (data / "red" / "r0.png").exists() and (data / "blue" / "g2.png").is_file()
-    undo(data)
+    undo_decisions(data)
     assert snapshot(tmp_path) == before
 
 
@@ -311,9 +311,9 @@ def test_a_run_killed_right_after_a_move_is_finished_or_undone(
         apply_plan(resumed)
         assert (data / "blue" / "g2.png").is_file() and not (data / "red" / "r0.png").exists()
         assert plan_decisions(decisions, data).actions == ()
-        undo(data)
+        undo_decisions(data)
     else:
-        lines = undo(data)
+        lines = undo_decisions(data)
         assert len(lines) == 2
     assert snapshot(tmp_path) == before
 
@@ -336,7 +336,7 @@ def test_names_with_spaces_and_non_ascii_letters(tmp_path: Path) -> None:
     apply_plan(plan_decisions(decisions, data))
     assert (data / "chat é" / "photo 0 ü.png").is_file()
     assert (tmp_path / "my photos.review" / "quarantine" / "日本" / "名前 2.png").is_file()
-    undo(data)
+    undo_decisions(data)
     assert snapshot(tmp_path) == before
 
     csv_decisions = write_decisions(tmp_path / "review" / "csv décisions.csv", [
@@ -345,7 +345,7 @@ def test_names_with_spaces_and_non_ascii_letters(tmp_path: Path) -> None:
     apply_plan(plan)
     assert "my photos/chat é/名前 1.png,日本" in table.read_text(encoding="utf-8")
     assert (tmp_path / "labels ü.review" / "quarantine" / "my photos" / "sea lion" / "photo 0 ü.png").is_file()
-    undo(table)
+    undo_decisions(table)
     assert snapshot(tmp_path) == before
 
 
@@ -378,5 +378,5 @@ def test_a_csv_run_killed_after_the_rewrite_is_finished_then_undone_to_the_same_
     assert [a.kind for a in resumed.done] == ["relabel_row"] and [a.kind for a in resumed.actions] == ["quarantine"]
     apply_plan(resumed)
     assert not (data / "red" / "r0.png").exists()
-    undo(table)
+    undo_decisions(table)
     assert snapshot(tmp_path) == before

@@ -15,7 +15,7 @@ from conftest import SHARED_WEIGHTS, STAMPS5, needs_shared
 from PIL import Image
 
 from transferkit._errors import ConfigError, DataError
-from transferkit.review._confident import (
+from transferkit._review._confident import (
     LabelIssues,
     confident_joint,
     find_label_issues,
@@ -23,8 +23,8 @@ from transferkit.review._confident import (
     out_of_fold,
     thresholds,
 )
-from transferkit.review._duplicates import THRESHOLD, near_duplicates
-from transferkit.review._outliers import feature_outliers, image_problems, neighbour_distances
+from transferkit._review._duplicates import THRESHOLD, near_duplicates
+from transferkit._review._outliers import feature_outliers, image_problems, neighbour_distances
 
 
 def clusters(counts: list[int], *, dim: int = 16, separation: float = 4.0, flips: float = 0.1, seed: int = 0

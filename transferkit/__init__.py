@@ -50,6 +50,7 @@ if _typing.TYPE_CHECKING:
     from transferkit._metrics import Evaluation, Predictions
     from transferkit._model import build_model
     from transferkit._phases import FINE_TUNE_PHASE, HEAD_PHASE, Phase
+    from transferkit._review import Review, apply_plan, plan_decisions, review, undo_decisions
     from transferkit._run import TrainedRun
     from transferkit._run_folder import RunFolder, train_run
     from transferkit._selection import BestEpoch, Refit
@@ -89,6 +90,7 @@ __all__ = [
     "PipelineSettings",
     "Predictions",
     "Refit",
+    "Review",
     "RunFolder",
     "RunInUseError",
     "SearchResult",
@@ -102,6 +104,7 @@ __all__ = [
     "UnknownBackboneError",
     "WeightsUnavailableError",
     "__version__",
+    "apply_plan",
     "build_model",
     "from_arrays",
     "from_files",
@@ -109,12 +112,15 @@ __all__ = [
     "list_backbones",
     "load_csv",
     "load_folder",
+    "plan_decisions",
     "read_csv",
     "register_backbone",
+    "review",
     "scan_folder",
     "search",
     "stratified_split",
     "train_run",
+    "undo_decisions",
 ]
 
 # Where each name that needs TensorFlow comes from: the same imports as the TYPE_CHECKING block
@@ -132,6 +138,7 @@ _LAZY = {
     "transferkit._metrics": ("Evaluation", "Predictions"),
     "transferkit._model": ("build_model",),
     "transferkit._phases": ("FINE_TUNE_PHASE", "HEAD_PHASE", "Phase"),
+    "transferkit._review": ("Review", "apply_plan", "plan_decisions", "review", "undo_decisions"),
     "transferkit._run": ("TrainedRun",),
     "transferkit._run_folder": ("RunFolder", "train_run"),
     "transferkit._selection": ("BestEpoch", "Refit"),

@@ -44,5 +44,5 @@ DEMO_IMAGE_SIZE = 96
 DEMO_SEED = 0
 
 # transferkit review: cosine similarity of two images' pooled features from which they are a duplicate
-# pair (measured on MobileNet v1 features of stamps5: see transferkit/review/_duplicates.py)
+# pair (measured on MobileNet v1 features of stamps5: see transferkit/_review/_duplicates.py)
 DUPLICATE_THRESHOLD = 0.90

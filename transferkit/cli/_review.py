@@ -8,13 +8,13 @@ from transferkit.cli._options import UsageError
 
 
 def review(args: argparse.Namespace) -> int:
+    from transferkit._review import apply_plan, plan_decisions, undo_decisions
     from transferkit.data._images import printable
-    from transferkit.review import apply_plan, plan_decisions, undo
 
     if args.undo:
         if args.apply:
             raise UsageError("--undo and --apply together: undo the last apply first, then apply again.")
-        for line in undo(args.data_dir):
+        for line in undo_decisions(args.data_dir):
             print(printable(line))
         return 0
     if args.apply:
@@ -38,7 +38,7 @@ def review(args: argparse.Namespace) -> int:
     if args.out is None:
         raise UsageError("transferkit review needs --out DIR (where the lists and review.html go), "
                          "or --apply decisions.csv, or --undo.")
-    from transferkit.review import review as run_review
+    from transferkit._review import review as run_review
 
     weights = None if args.weights in ("none", "None") else args.weights
     result = run_review(args.data_dir, backbone=args.backbone, weights=weights, image_size=args.image_size,

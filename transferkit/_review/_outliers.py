@@ -10,7 +10,7 @@ the same direction, 1 for unrelated, at most 2). For an image:
 
 An image far from everything (off-topic, a corrupt-looking render) scores high on both; one that
 sits among another class scores high on ``own`` only — the label-issue search
-(:mod:`transferkit.review._confident`) is the sharper tool for those. Higher = odder. A near
+(:mod:`transferkit._review._confident`) is the sharper tool for those. Higher = odder. A near
 duplicate is a neighbour at distance about 0, so an odd image that appears twice scores lower.
 The neighbours are found block by block, like near duplicates: memory stays at ``block²``
 similarities.
@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from transferkit._errors import ConfigError, DataError
-from transferkit.review._duplicates import BLOCK, normalized
+from transferkit._review._duplicates import BLOCK, normalized
 
 MIN_SIDE = 32
 MIN_STD = 3.0

@@ -4,7 +4,7 @@ A person marks each listed image keep / relabel / remove on the review page and 
 ``decisions.csv`` (``path,decision,label``). :func:`plan_decisions` reads it against the data — a
 class folder ``DATA/<class>/<image>`` or a CSV file of ``path,label`` rows, read as
 :func:`~transferkit.data._sources.read_csv` reads it — and checks every row before anything is
-touched; :func:`apply_plan` makes the changes; :func:`undo` puts them back.
+touched; :func:`apply_plan` makes the changes; :func:`undo_decisions` puts them back.
 
 What a decision does:
 
@@ -34,7 +34,7 @@ Example:
     >>> plan = plan_decisions("review/decisions.csv", "photos/")
     >>> print("\\n".join(plan.describe()))
     >>> log = apply_plan(plan)          # photos.review/undo.json
-    >>> undo("photos/")                 # everything back, byte for byte
+    >>> undo_decisions("photos/")                 # everything back, byte for byte
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ from transferkit._errors import DataError, did_you_mean
 from transferkit._types import PathLike
 from transferkit.data._images import printable
 
-__all__ = ["Action", "Plan", "apply_plan", "plan_decisions", "undo"]
+__all__ = ["Action", "Plan", "apply_plan", "plan_decisions", "undo_decisions"]
 
 log = logging.getLogger("transferkit")
 
@@ -658,7 +658,7 @@ def apply_plan(plan: Plan) -> Path:
     The log (``<DATA>.review/undo.json``, or ``<csv stem>.review/undo.json``) lists every action
     as ``pending`` before the first change and marks each ``done`` right after it, so a run that
     stops halfway (killed, a full disk, a file that appeared at a destination) can be finished
-    by planning and applying the same decisions again, or put back with :func:`undo`. A plan with
+    by planning and applying the same decisions again, or put back with :func:`undo_decisions`. A plan with
     nothing left to do changes nothing and logs that it did not.
 
     Raises:
@@ -768,7 +768,7 @@ def _prune(folder: Path) -> None:
             os.rmdir(parent)
 
 
-def undo(data: PathLike) -> list[str]:
+def undo_decisions(data: PathLike) -> list[str]:
     """Put back every change the last apply on ``data`` made, newest first; returns what it did.
 
     Files move back from where the apply put them; a CSV gets its exact earlier bytes back.

@@ -1,6 +1,6 @@
 """``review.html``: one self-contained page on which a person decides, item by item, what to do with
 the suspected label errors, duplicate pairs and outliers of a dataset, then downloads
-``decisions.csv`` (``path,decision,label``) for :func:`transferkit.review.plan_decisions`.
+``decisions.csv`` (``path,decision,label``) for :func:`transferkit._review.plan_decisions`.
 
 The page needs nothing beside itself: thumbnails are ``data:`` URIs, style and script are inline,
 and a Content-Security-Policy forbids every request. Items are shown fifty to a page of each

@@ -37,16 +37,16 @@ from transferkit._atomic import atomic_paths
 from transferkit._defaults import DEFAULT_BACKBONE, DUPLICATE_THRESHOLD
 from transferkit._errors import ConfigError, DataError
 from transferkit._model import model_parts, with_preprocessing
+from transferkit._review._confident import LabelIssues, find_label_issues, out_of_fold
+from transferkit._review._duplicates import near_duplicates
+from transferkit._review._outliers import feature_outliers, image_problems
+from transferkit._review._page import default_thumbnail, write_review_page
 from transferkit._run import TrainedRun
 from transferkit._types import PathLike, Weights
 from transferkit.backbones._registry import get_backbone
 from transferkit.backbones._weights import build_backbone
 from transferkit.data._pipelines import make_dataset
 from transferkit.data._sources import ImageFiles, read_csv, scan_folder
-from transferkit.review._confident import LabelIssues, find_label_issues, out_of_fold
-from transferkit.review._duplicates import near_duplicates
-from transferkit.review._outliers import feature_outliers, image_problems
-from transferkit.review._page import default_thumbnail, write_review_page
 
 __all__ = ["Review", "review"]
 

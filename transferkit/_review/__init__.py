@@ -4,7 +4,7 @@
 ``label_issues.csv``, ``duplicates.csv``, ``outliers.csv`` and ``review.html``; a person marks each
 item keep / relabel / remove on the page and downloads ``decisions.csv``, which
 :func:`plan_decisions` checks and :func:`apply_plan` carries out (``--apply decisions.csv --yes``);
-:func:`undo` puts everything back. Nothing is ever deleted: removed images go to a quarantine
+:func:`undo_decisions` puts everything back. Nothing is ever deleted: removed images go to a quarantine
 folder beside the data.
 
 Example:
@@ -13,10 +13,7 @@ Example:
     >>> apply_plan(plan_decisions("review/decisions.csv", "photos/"))
 """
 
-from transferkit._public import publish as _publish
-from transferkit.review._apply import Plan, apply_plan, plan_decisions, undo
-from transferkit.review._review import Review, review
+from transferkit._review._apply import Plan, apply_plan, plan_decisions, undo_decisions
+from transferkit._review._find import Review, review
 
-__all__ = ["Plan", "Review", "apply_plan", "plan_decisions", "review", "undo"]
-
-_publish(__name__, globals(), __all__)
+__all__ = ["Plan", "Review", "apply_plan", "plan_decisions", "review", "undo_decisions"]

@@ -89,8 +89,11 @@ def write_bad_files(folder: Path) -> Path:
 # The fast loop (`pytest -m "not slow"`) leaves out what starts processes, kills and resumes runs,
 # or trains real-size networks; `make test` and CI run everything.
 SLOW_FILES = {"test_reliability.py", "test_distributed_search.py", "test_multiworker.py", "test_distribute.py",
-              "test_main_job.py", "test_extract.py", "test_accelerators.py", "test_portable.py"}
+              "test_main_job.py", "test_extract.py", "test_accelerators.py", "test_portable.py",
+              "test_pages.py"}
 SLOW_TESTS = {
+    "test_review_with_a_run_uses_its_network_and_flags_a_planted_label_error",
+    "test_real_copies_score_above_the_default_threshold_and_different_photos_below",
     "test_a_transformer_preset_trains_saves_loads_evaluates_and_exports",
     "test_the_command_trains_a_cnn_preset_and_exports_it_to_int8_tflite",
     "test_without_keras_hub_one_line_says_how_to_install",

@@ -1,10 +1,12 @@
 """Accuracy suite: transferkit's defaults against the usual recipes, on held-out test images.
 
     .venv/bin/python benchmarks/accuracy.py [--datasets fashion50 fashion200 stamps5 faces]
-                                            [--recipes seed guide probe transferkit scratch] [--json F]
+                                            [--recipes seed guide probe transferkit scratch
+                                                       probe-lite0 transferkit-lite0] [--json F]
 
 Every recipe uses MobileNet v1 with the real ImageNet weights from ../shared (scratch: random
-weights) and is scored on test images it never saw, mean ± std over seeds or folds:
+weights; the -lite0 recipes: EfficientNet-Lite0, below) and is scored on test images it never saw,
+mean ± std over seeds or folds:
 
   seed         frozen backbone, images by keras.utils.load_img rescaled by 1/255, GlobalAveragePooling
                + Dense(128, relu) + softmax, Adam 1e-3, 10 epochs on all training images (trained on
@@ -17,6 +19,10 @@ weights) and is scored on test images it never saw, mean ± std over seeds or fo
   transferkit  `transferkit train DIR --backbone mobilenet --weights FILE --image-size N` and
                `transferkit evaluate RUN TEST --json`: the defaults, as whole commands
   scratch      random weights, every layer and BatchNorm training, 20 epochs (in process)
+
+  probe-lite0, transferkit-lite0   (not in the default run) the probe and the commands with
+               EfficientNet-Lite0 (../shared/weights/efficientnet_lite0_timm, a timm-format folder
+               KerasHub converts on load, its own ImageNet weights: `--backbone FOLDER`, no --weights)
 
 Datasets (images written to a temporary folder as PNG):
 
@@ -43,13 +49,23 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
 import numpy as np
-from common import MOBILENET_NOTOP, SHARED, markdown_table, shared_missing, stratified_folds
+from common import (
+    BACKBONES,
+    LITE0,
+    MOBILENET_NOTOP,
+    SHARED,
+    backbone_args,
+    markdown_table,
+    shared_missing,
+    stratified_folds,
+)
 from PIL import Image
 from selection import write_task
 
@@ -150,11 +166,12 @@ def guide_recipe(train: Path, test: Path, size: int, seed: int) -> float:
     return float(model.evaluate(test_ds, verbose=0)[1])
 
 
-def probe_recipe(train: Path, test: Path, size: int, seed: int) -> float:
+def probe_recipe(train: Path, test: Path, size: int, seed: int, backbone: str = "mobilenet") -> float:
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    tuner = tk.FineTuner("mobilenet", weights=str(MOBILENET_NOTOP), image_size=size,
+    name, weights = BACKBONES[backbone]
+    tuner = tk.FineTuner(name, weights=weights or "imagenet", image_size=size,
                          class_names=tk.scan_folder(train).class_names)
     model = tuner.build()
     pooled = keras.Sequential([keras.Input((size, size, 3)), model.get_layer("preprocess"), model.get_layer("backbone"),
@@ -181,10 +198,10 @@ def command(*args: str) -> str:
 TRAIN_ARGS: list[str] = []  # --train-args: more options for `transferkit train`
 
 
-def transferkit_recipe(train: Path, test: Path, size: int, seed: int) -> float:
-    run = train.parent / f"run_{seed}"
-    command("train", str(train), "--backbone", "mobilenet", "--weights", str(MOBILENET_NOTOP),
-            "--image-size", str(size), "--seed", str(seed), "--out", str(run), *TRAIN_ARGS)
+def transferkit_recipe(train: Path, test: Path, size: int, seed: int, backbone: str = "mobilenet") -> float:
+    run = train.parent / f"run_{backbone}_{seed}"
+    command("train", str(train), *backbone_args(backbone), "--image-size", str(size), "--seed", str(seed),
+            "--out", str(run), *TRAIN_ARGS)
     return float(json.loads(command("evaluate", str(run), str(test), "--json"))["accuracy"])
 
 
@@ -199,20 +216,23 @@ def scratch_recipe(train: Path, test: Path, size: int, seed: int) -> float:
 RECIPES: dict[str, Callable[[Path, Path, int, int], float]] = {
     "seed": seed_recipe, "guide": guide_recipe, "probe": probe_recipe, "transferkit": transferkit_recipe,
     "scratch": scratch_recipe,
+    "probe-lite0": partial(probe_recipe, backbone="lite0"),
+    "transferkit-lite0": partial(transferkit_recipe, backbone="lite0"),
 }
+DEFAULT_RECIPES = ("seed", "guide", "probe", "transferkit", "scratch")
 DATASETS = ("fashion50", "digits", "stamps5", "fashion200", "faces")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS[:4]), choices=DATASETS)
-    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--recipes", nargs="+", default=list(DEFAULT_RECIPES), choices=list(RECIPES))
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--train-args", default="", help='more options for `transferkit train`, as one string '
                                                           '(e.g. --train-args="--train-head")')
     args = parser.parse_args()
     TRAIN_ARGS[:] = shlex.split(args.train_args)
-    if shared_missing():
+    if shared_missing(*([LITE0] if any(r.endswith("-lite0") for r in args.recipes) else [])):
         return 2
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

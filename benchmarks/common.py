@@ -18,6 +18,11 @@ from PIL import Image
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 MOBILENET_NOTOP = SHARED / "weights" / "mobilenet_v1_1.0_224_imagenet_notop.weights.h5"
+LITE0 = SHARED / "weights" / "efficientnet_lite0_timm"  # timm-format folder; KerasHub converts it on load
+# --backbone and --weights of `transferkit train` for the backbones the benchmarks compare (weights None: the
+# preset's own ImageNet weights, no --weights flag)
+BACKBONES: dict[str, tuple[str, str | None]] = {"mobilenet": ("mobilenet", str(MOBILENET_NOTOP)),
+                                                 "lite0": (str(LITE0), None)}
 FASHION_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
 
 
@@ -48,12 +53,19 @@ def write_fashion_subset(out: Path, per_class: int, seed: int = 0) -> Path:
     return out
 
 
-def shared_missing() -> bool:
-    """True, after one error line, when ../shared's MobileNet weights are not there."""
-    if MOBILENET_NOTOP.is_file():
-        return False
-    print(f"error: {MOBILENET_NOTOP} not found; this benchmark needs ../shared", file=sys.stderr)
-    return True
+def shared_missing(*needed: Path) -> bool:
+    """True, after one error line, when ../shared's MobileNet weights (or any of ``needed``) are not there."""
+    for path in (MOBILENET_NOTOP, *needed):
+        if not path.exists():
+            print(f"error: {path} not found; this benchmark needs ../shared", file=sys.stderr)
+            return True
+    return False
+
+
+def backbone_args(backbone: str) -> list[str]:
+    """The ``--backbone`` (and ``--weights``) options of `transferkit train` for a name of BACKBONES."""
+    name, weights = BACKBONES[backbone]
+    return ["--backbone", name, *(["--weights", weights] if weights else [])]
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:

@@ -1,16 +1,20 @@
-"""Every export format and quantization of a fine-tuned MobileNet v1, checked on held-back images.
+"""Every export format and quantization of a fine-tuned MobileNet v1 (or EfficientNet-Lite0), checked on
+held-back images.
 
-    .venv/bin/python benchmarks/export.py [--datasets stamps5 fashion] [--json out.json]
+    .venv/bin/python benchmarks/export.py [--datasets stamps5 fashion] [--backbones mobilenet lite0]
+                                          [--formats saved_model hub onnx tflite] [--json out.json]
 
-For each dataset: split off held-back images (stamps5: a third of each class, 224 px; Fashion-MNIST:
-50 training images per class and 30 other test images per class, 96 px), train with the command
-(`transferkit train TRAIN --backbone mobilenet --weights <real weights> --image-size S --out RUN`),
+For each dataset and backbone: split off held-back images (stamps5: a third of each class, 224 px;
+Fashion-MNIST: 50 training images per class and 30 other test images per class, 96 px), train with the
+command (`transferkit train TRAIN --backbone mobilenet --weights <real weights> --image-size S --out RUN`;
+lite0: `--backbone ../shared/weights/efficientnet_lite0_timm`, the folder's own ImageNet weights),
 then `transferkit.export.export_run` for SavedModel, Hub module, ONNX and TFLite float32, float16,
 dynamic, int8 and int8-mixed (both calibrated on the training images), each verified on the
-held-back images in its own runtime. Prints a Markdown table: file size, latency per image at
+held-back images in its own runtime (``--formats`` picks some). Prints a Markdown table: file size, latency per image at
 batch 1 (from the export report: median of 20) and at batch 32 (median of 5 batches) on this CPU,
 in process, beside the Keras model's; accuracy of the export and of the Keras model on the
-held-back images, and top-1 agreement with the Keras model.
+held-back images, top-1 agreement with the Keras model, and each TFLite file's size as a share of the
+float32 TFLite file's (when float32 TFLite is among the formats).
 """
 
 from __future__ import annotations
@@ -24,7 +28,16 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from common import FASHION_NAMES, MOBILENET_NOTOP, SHARED, print_report, shared_missing, stratified_folds
+from common import (
+    BACKBONES,
+    FASHION_NAMES,
+    LITE0,
+    SHARED,
+    backbone_args,
+    print_report,
+    shared_missing,
+    stratified_folds,
+)
 from PIL import Image
 
 VARIANTS = (("saved_model", "none"), ("hub", "none"), ("onnx", "none"), ("tflite", "none"), ("tflite", "float16"),
@@ -116,32 +129,38 @@ def _fashion(root: Path) -> tuple[Path, Path, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=["stamps5", "fashion"], choices=["stamps5", "fashion"])
+    parser.add_argument("--backbones", nargs="+", default=["mobilenet"], choices=list(BACKBONES))
+    formats = list(dict.fromkeys(fmt for fmt, _ in VARIANTS))
+    parser.add_argument("--formats", nargs="+", default=formats, choices=formats)
     parser.add_argument("--json")
     args = parser.parse_args()
-    if shared_missing():
+    if shared_missing(*([LITE0] if "lite0" in args.backbones else [])):
         raise SystemExit(2)
     from transferkit.export import export_run
 
     rows = []
-    for name in args.datasets:
+    for name, backbone in ((name, backbone) for name in args.datasets for backbone in args.backbones):
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp)
             train, test, size = (_stamps if name == "stamps5" else _fashion)(root)
             run = root / "run"
-            subprocess.run([sys.executable, "-m", "transferkit.cli", "train", str(train), "--backbone", "mobilenet",
-                            "--weights", str(MOBILENET_NOTOP), "--image-size", str(size), "--out", str(run)],
-                           check=True, capture_output=True)
+            subprocess.run([sys.executable, "-m", "transferkit.cli", "train", str(train), *backbone_args(backbone),
+                            "--image-size", str(size), "--out", str(run)], check=True, capture_output=True)
             batch, keras_batch_ms = _keras_batch(run, test, size)
-            for fmt, quantize in VARIANTS:
+            float_bytes = None
+            for fmt, quantize in (variant for variant in VARIANTS if variant[0] in args.formats):
                 suffix = {"saved_model": "", "hub": "", "onnx": ".onnx", "tflite": ".tflite"}[fmt]
                 out = root / "exports" / f"{fmt}_{quantize}{suffix}"
                 out.parent.mkdir(exist_ok=True)
                 report = export_run(run, out, format=fmt, quantize=quantize, check=test,
                                     calibration=train if quantize.startswith("int8") else None)
                 batch_ms = _per_image_ms(_batch_call(fmt, out, batch), batch)
+                if (fmt, quantize) == ("tflite", "none"):
+                    float_bytes = report.size_bytes
+                share = f"{report.size_bytes / float_bytes:.1%}" if fmt == "tflite" and float_bytes else ""
                 rows.append({
-                    "dataset": name, "format": fmt, "quantize": quantize,
-                    "size (MB)": f"{report.size_bytes / 1e6:.2f}",
+                    "dataset": name, "backbone": backbone, "format": fmt, "quantize": quantize,
+                    "size (MB)": f"{report.size_bytes / 1e6:.2f}", "share of float32 TFLite": share,
                     "ms/image (batch 1)": f"{report.latency_ms:.2f}",
                     "Keras ms/image": f"{report.keras_latency_ms:.2f}",
                     f"ms/image (batch {BATCH})": f"{batch_ms:.2f}",

@@ -598,7 +598,11 @@ def _entry(action: Action, base: Path, state: str) -> dict[str, Any]:
 
 
 def _action(entry: dict[str, Any], base: Path, table: Path | None) -> Action:
-    return Action(entry["kind"], _from_log(entry["source"], base), _from_log(entry.get("destination"), base),
+    source = _from_log(entry["source"], base)
+    if source is None:
+        raise DataError(f"The undo log under {str(base)!r} has an entry without a source; it was not written by "
+                        "transferkit review. Move it away to start afresh.")
+    return Action(entry["kind"], source, _from_log(entry.get("destination"), base),
                   entry.get("label"), entry.get("old_label", ""), int(entry.get("line", 0)),
                   tuple(entry.get("rows", ())), table)
 

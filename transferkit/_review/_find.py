@@ -196,7 +196,8 @@ def review(
                  for i, j, s in near_duplicates(features, other_features, threshold=duplicate_threshold)]
         pairs = leaks + pairs
 
-    outliers = [{"path": files.paths[i], "reason": reason, "score": ""} for i, reason in image_problems(files.paths)]
+    outliers: list[dict[str, Any]] = [{"path": files.paths[i], "reason": reason, "score": ""}
+                                      for i, reason in image_problems(files.paths)]
     flagged = {row["path"] for row in outliers}
     scores = feature_outliers(features, labels)
     count = max(1, round(OUTLIER_SHARE * len(files)))

@@ -201,10 +201,9 @@ def review(
     flagged = {row["path"] for row in outliers}
     scores = feature_outliers(features, labels)
     count = max(1, round(OUTLIER_SHARE * len(files)))
-    for i in np.argsort(-scores)[:count]:
-        if files.paths[i] not in flagged:
-            outliers.append({"path": files.paths[i], "reason": "far from its class and every other",
-                             "score": round(float(scores[i]), 6)})
+    oddest = [i for i in np.argsort(-scores) if files.paths[i] not in flagged][:count]
+    outliers += [{"path": files.paths[i], "reason": "far from its class and every other",
+                  "score": round(float(scores[i]), 6)} for i in oddest]
 
     result = Review(files=files, probabilities=probabilities, label_issues=issues, duplicates=pairs,
                     outliers=outliers, out=Path(out) if out is not None else None)

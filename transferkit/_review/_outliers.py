@@ -145,7 +145,8 @@ def image_problems(images: object, *, min_side: int = MIN_SIDE, min_std: float =
             sequence, or one ``(n, h, w, c)`` array. Paths are decoded as training decodes them
             (EXIF rotation, transparency composited onto ``background``), reduced to a size that
             keeps both sides of a large image at least ``max(64, 2 * min_side)``.
-        min_side: Images whose shorter side (pixels) is below this are too small.
+        min_side: Images whose shorter side (pixels) is below this, and below half the median shorter
+            side of ``images``, are too small (a set of small images is not flagged whole).
         min_std: Images whose pixel values (all channels together, 0–255) have a standard deviation
             below this are blank or nearly uniform.
         background: The colour transparent pixels are composited onto.
@@ -168,18 +169,26 @@ def image_problems(images: object, *, min_side: int = MIN_SIDE, min_std: float =
         images = [images]  # one image
     items: Sequence[object] = list(images)  # type: ignore[call-overload]
     side = max(64, 2 * int(min_side))
-    problems: list[tuple[int, str]] = []
+    read: list[tuple[int, tuple[int, int, float] | None, str]] = []  # (height, width, spread): no pixels kept
     for index, item in enumerate(items):
         try:
             pixels = _pixels(item, background, side)
         except DataError as error:
-            problems.append((index, str(error)))
+            read.append((index, None, str(error)))
+            continue
+        read.append((index, (*pixels.shape[:2], float(pixels.std()) if pixels.size else 0.0), ""))
+    shorter = [min(seen[:2]) for _, seen, _ in read if seen is not None]
+    # small against the data as well: in a set of 28-pixel images, none is too small for being 28 pixels
+    limit = min(int(min_side), float(np.median(shorter)) / 2) if shorter else int(min_side)
+    problems: list[tuple[int, str]] = []
+    for index, seen, unreadable in read:
+        if seen is None:
+            problems.append((index, unreadable))
             continue
         reasons = []
-        height, width = pixels.shape[:2]
-        if min(height, width) < min_side:
-            reasons.append(f"too small ({width}×{height} pixels; the shorter side is below {min_side})")
-        spread = float(pixels.std()) if pixels.size else 0.0
+        height, width, spread = seen
+        if min(height, width) < limit:
+            reasons.append(f"too small ({width}×{height} pixels; the shorter side is below {limit:g})")
         if spread < min_std:
             reasons.append(f"blank or nearly uniform (pixel standard deviation {spread:.2g}, below {min_std:g})")
         if reasons:

@@ -412,6 +412,11 @@ def test_train_command_uses_a_file_whose_name_is_not_utf8(tmp_path):
                  "--fine-tune-epochs", "0", "--out", str(out)]) == 0
     metrics = (out / "metrics.json").read_text()
     assert '"skipped": []' in metrics  # the file was used, not skipped
+    assert (out / "report.html").read_text(encoding="utf-8").startswith("<!DOCTYPE html>")  # valid UTF-8
+    review = tmp_path / "review"
+    assert main(["review", str(root), "--backbone", "tiny_cnn", "--out", str(review)]) == 0
+    assert (review / "review.html").read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    assert (review / "outliers.csv").read_bytes().startswith(b"path,reason,score")
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning:PIL.TiffImagePlugin")  # Pillow's notes on the corrupt TIFF tags

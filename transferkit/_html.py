@@ -17,7 +17,7 @@ from typing import Any
 from PIL import Image
 
 from transferkit._types import Color, PathLike
-from transferkit.data._images import WHITE, load_image
+from transferkit.data._images import WHITE, load_image, printable
 
 THUMBNAIL_SIZE = 96
 """Pixels per side of a thumbnail on the review page (the report's are smaller)."""
@@ -104,7 +104,8 @@ svg text { font: 11px system-ui, sans-serif; fill: var(--fg); }
 
 def page(title: str, body: str, *, script: str = "", data: Any = None, css: str = "") -> str:
     """A whole HTML document: ``body`` (HTML, already escaped), the shared style sheet plus ``css``,
-    ``data`` as JSON in ``<script id="page-data">`` and ``script`` after it."""
+    ``data`` as JSON in ``<script id="page-data">`` and ``script`` after it; always valid UTF-8 (a file
+    name that is not is written with ``\\xNN`` escapes)."""
     parts = [
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -118,4 +119,5 @@ def page(title: str, body: str, *, script: str = "", data: Any = None, css: str 
     if script:
         parts.append(f"<script>{script}</script>")
     parts += ["</body>", "</html>", ""]
-    return "\n".join(parts)
+    # a file name whose bytes are not UTF-8 (kept by Python as lone surrogates) is shown as \xe9 escapes
+    return printable("\n".join(parts))

@@ -213,8 +213,9 @@ def review(
 
 
 def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
-    with atomic_paths(path, keep_suffix=True) as (temporary,), open(temporary, "w", newline="",
-                                                                    encoding="utf-8") as f:
+    # a file name whose bytes are not UTF-8 is written as those bytes, as the file system holds it
+    with atomic_paths(path, keep_suffix=True) as (temporary,), open(temporary, "w", newline="", encoding="utf-8",
+                                                                    errors="surrogateescape") as f:
         writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)

@@ -92,6 +92,8 @@ SLOW_FILES = {"test_reliability.py", "test_distributed_search.py", "test_multiwo
               "test_main_job.py", "test_extract.py", "test_accelerators.py", "test_portable.py",
               "test_pages.py"}
 SLOW_TESTS = {
+    "test_each_family_pools_the_way_its_authors_probe", "test_random_timm_resnet18_folder_is_a_keras_hub_backbone",
+    "test_real_lite0_folder_is_a_keras_hub_backbone",
     "test_review_with_a_run_uses_its_network_and_flags_a_planted_label_error",
     "test_real_copies_score_above_the_default_threshold_and_different_photos_below",
     "test_a_transformer_preset_trains_saves_loads_evaluates_and_exports",

@@ -99,6 +99,6 @@ def run_demo(out: Path, *, per_class: int = PER_CLASS, image_size: int = IMAGE_S
         print(f"\nKept the weights of {tuner.best_epoch.describe()}.")
     print(f"Validation accuracy after fine-tuning ImageNet weights: {accuracies['imagenet']:.3f}")
     print(f"Validation accuracy of the same network trained from scratch: {accuracies['scratch']:.3f}")
-    print(f"Report (model, metrics.json, training_curves.png, confusion_matrix.png, predictions.png): {out / 'run'}")
+    print(f"Report (model, report.html to open in a browser, metrics.json and the PNG plots): {out / 'run'}")
     print(f"Done in {time.perf_counter() - start:.0f} s.")
     return accuracies

@@ -62,6 +62,22 @@ def script_json(value: Any) -> str:
             .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
 
 
+SCRIPT = r"""
+"use strict";
+const D = JSON.parse(document.getElementById("page-data").textContent);
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") node.className = v; else if (k === "text") node.textContent = v; else node.setAttribute(k, v);
+  }
+  for (const c of children) if (c !== null && c !== undefined) node.append(c);
+  return node;
+}
+"""
+"""What every page's script starts with: strict mode, the page's data as ``D``, and ``el(tag, attrs,
+...children)``, which builds an element (``class`` and ``text`` set as properties, the rest as attributes)."""
+
+
 CSS = """
 :root { --fg: #1d2330; --muted: #5d6677; --line: #d9dee7; --bg: #f6f7f9; --accent: #1f5fbf;
         --bad: #b3261e; --bad-bg: #fde7e5; --good: #1e7b34; --card: #fff; }
@@ -104,8 +120,8 @@ svg text { font: 11px system-ui, sans-serif; fill: var(--fg); }
 
 def page(title: str, body: str, *, script: str = "", data: Any = None, css: str = "") -> str:
     """A whole HTML document: ``body`` (HTML, already escaped), the shared style sheet plus ``css``,
-    ``data`` as JSON in ``<script id="page-data">`` and ``script`` after it; always valid UTF-8 (a file
-    name that is not is written with ``\\xNN`` escapes)."""
+    ``data`` as JSON in ``<script id="page-data">`` and ``script`` after it (preceded by :data:`SCRIPT`);
+    always valid UTF-8 (a file name that is not is written with ``\\xNN`` escapes)."""
     parts = [
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -117,7 +133,7 @@ def page(title: str, body: str, *, script: str = "", data: Any = None, css: str 
     if data is not None:
         parts.append(f'<script type="application/json" id="page-data">{script_json(data)}</script>')
     if script:
-        parts.append(f"<script>{script}</script>")
+        parts.append(f"<script>{SCRIPT}{script}</script>")
     parts += ["</body>", "</html>", ""]
     # a file name whose bytes are not UTF-8 (kept by Python as lone surrogates) is shown as \xe9 escapes
     return printable("\n".join(parts))

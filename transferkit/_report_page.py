@@ -407,16 +407,6 @@ table.confusion th.col { max-width: 90px; overflow: hidden; text-overflow: ellip
 """
 
 _SCRIPT = r"""
-"use strict";
-const D = JSON.parse(document.getElementById("page-data").textContent);
-function el(tag, attrs, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs || {})) {
-    if (k === "class") node.className = v; else if (k === "text") node.textContent = v; else node.setAttribute(k, v);
-  }
-  for (const c of children) if (c !== null && c !== undefined) node.append(c);
-  return node;
-}
 function example(row) {
   const [thumb, t, p, pTrue, pPred, path] = row;
   const image = thumb === null

@@ -426,8 +426,7 @@ def _plan_folder(root: Path, rows: list[_Decision], checker: _Checker) -> tuple[
         if decision == "keep":
             kept += 1
             continue
-        if not os.path.isfile(source):
-            checker.add(row.line, f"{printable(str(source))} does not exist (moved or deleted since the review?).")
+        if not _exists(checker, row, source):
             continue
         if decision == "relabel":
             if row.label not in classes:
@@ -448,6 +447,14 @@ def _plan_folder(root: Path, rows: list[_Decision], checker: _Checker) -> tuple[
             if checker.destination(row.line, source, destination):
                 actions.append(Action("quarantine", source, destination, None, old, row.line))
     return actions, kept
+
+
+def _exists(checker: _Checker, row: _Decision, source: Path) -> bool:
+    """Whether the image a row decides on is still there (a problem recorded against the row if not)."""
+    if os.path.isfile(source):
+        return True
+    checker.add(row.line, f"{printable(str(source))} does not exist (moved or deleted since the review?).")
+    return False
 
 
 def _plan_csv(table: Path, rows: list[_Decision], checker: _Checker) -> tuple[list[Action], int]:
@@ -481,8 +488,7 @@ def _plan_csv(table: Path, rows: list[_Decision], checker: _Checker) -> tuple[li
         if decision == "keep":
             kept += 1
             continue
-        if not os.path.isfile(source):
-            checker.add(row.line, f"{printable(str(source))} does not exist (moved or deleted since the review?).")
+        if not _exists(checker, row, source):
             continue
         if decision == "relabel":
             if row.label not in labels:

@@ -183,8 +183,6 @@ _CSS = """
 """
 
 _SCRIPT = r"""
-"use strict";
-const D = JSON.parse(document.getElementById("page-data").textContent);
 const decisions = new Map();          // path index -> {decision, label}
 let visible = [];                     // refresh functions of the controls shown
 let stored = null;
@@ -207,14 +205,6 @@ function changed() {
   save();
   visible.forEach(f => f());
   document.getElementById("decided").textContent = decisions.size + " of " + D.paths.length + " decided";
-}
-function el(tag, attrs, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs || {})) {
-    if (k === "class") node.className = v; else if (k === "text") node.textContent = v; else node.setAttribute(k, v);
-  }
-  for (const c of children) if (c !== null && c !== undefined) node.append(c);
-  return node;
 }
 function thumb(i) {
   const uri = D.thumbs[i];

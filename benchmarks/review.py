@@ -11,17 +11,23 @@ Every `transferkit review` is a whole command (`python -m transferkit.cli review
               50,000–59,999 of ../shared's training file, 96 px; one subset per `--seeds`) and in
               stamps5 (167 photos, 224 px; one flip draw per `--stamps-seeds`): a share `--rates` of
               the images, drawn uniformly at random (seeded), moved to another class drawn uniformly.
-              The command is run with `--ranking self_confidence` and `--ranking normalized_margin`;
-              its label_issues.csv is scored against the flips: precision, recall, and precision at
-              k = the number of flips (how well the order ranks). Beside it, on the SAME features
-              (MobileNet v1 pooled, computed in process as the command computes them), cleanlab's
+              The command is run with each `--rankings` (default both: `self_confidence` and
+              `normalized_margin`); its label_issues.csv is scored against the flips: precision,
+              recall, and precision at k = the number of flips (how well the order ranks). Beside it,
+              on the SAME features (MobileNet v1 pooled, computed in process as the command computes them), cleanlab's
               `cleanlab.filter.find_label_issues(labels, pred_probs)` with default settings, fed the
               out-of-fold probabilities of scikit-learn's LogisticRegression (standardised features,
               5-fold `cross_val_predict`); its precision at k uses `return_indices_ranked_by=
               "self_confidence"`. cleanlab is AGPL: it is imported here only, never by transferkit.
+              A last row per dataset and rate pools the draws (all flips, all flagged images).
   swap        (not in the default run) in process, on the same features: the solved head's and
-              LogisticRegression's out-of-fold probabilities each through transferkit's and cleanlab's
-              filter, to tell which of the two makes a difference.
+              LogisticRegression's out-of-fold probabilities each through transferkit's threshold rule,
+              transferkit's prune by noise rate and cleanlab's filter, to tell which makes a difference.
+  rules       (not in the default run) in process, on the same features, pooled over the draws: precision
+              and recall of the threshold rule at several shares of the class threshold (`--shares`), of
+              prune by noise rate (both on the solved head's out-of-fold probabilities) and of cleanlab
+              as in `labels`. `--flip-offset K` draws the flips with seed K + the subset's seed: the
+              default share 0.3 was chosen with offset 0 and checked with offset 100.
   duplicates  20 images of the first Fashion-MNIST subset copied into a "test" folder of 1,000 other
               images with edits (5 each: exact copy, JPEG quality 75, resized to 75 % / 200 %, cropped
               by 1 pixel of 28 on each side), then `review TRAIN --against TEST`: recall of the
@@ -130,8 +136,9 @@ def scores(flagged_in_order: list[int], flips: np.ndarray) -> dict[str, float]:
 
 
 def label_part(tmp: Path, datasets: list[tuple[str, tk.ImageFiles, int, int]], rates: list[float],
-               rows: list[dict], results: list[dict]) -> None:
-    """Planted label errors: the command (both rankings) against cleanlab on the same features."""
+               rankings: list[str], rows: list[dict], results: list[dict]) -> None:
+    """Planted label errors: the command (each ranking) against cleanlab on the same features."""
+    pooled: dict[tuple[str, float], dict[str, np.ndarray]] = {}
     for name, files, size, noise_seed in datasets:
         labels = np.asarray(files.labels).astype(int)
         classes = len(files.class_names)
@@ -143,33 +150,45 @@ def label_part(tmp: Path, datasets: list[tuple[str, tk.ImageFiles, int, int]], r
             data = link_folder(tmp / tag / "data", files.paths, noisy, files.class_names)
             ours: dict[str, dict] = {}
             wall = {}
-            for ranking in ("self_confidence", "normalized_margin"):
+            for ranking in rankings:
                 out = tmp / tag / f"review_{ranking}"
                 wall[ranking], _, _ = review_command(data, out, size, "--ranking", ranking)
                 order = [index[Path(r["path"]).name] for r in read_rows(out / "label_issues.csv")]
                 ours[ranking] = {"rows": order, **scores(order, flips)}
-            same = sorted(ours["self_confidence"]["rows"]) == sorted(ours["normalized_margin"]["rows"])
+            same = len({tuple(sorted(o["rows"])) for o in ours.values()}) == 1
             mask, ranked, lab_seconds = cleanlab_issues(features, noisy, noise_seed)
             theirs = scores(list(ranked), flips)
             theirs_set = scores(list(np.flatnonzero(mask)), flips)
             result = {"dataset": name, "images": len(labels), "rate": rate, "noise_seed": noise_seed,
-                      "flips": len(flips), "ours_self_confidence": ours["self_confidence"],
-                      "ours_normalized_margin": ours["normalized_margin"], "same_flagged_set": same,
+                      "flips": len(flips), **{f"ours_{r}": ours[r] for r in rankings}, "same_flagged_set": same,
                       "cleanlab_mask": theirs_set, "cleanlab_ranked": theirs,
                       "command_seconds": wall, "cleanlab_seconds": lab_seconds}
-            for key in ("ours_self_confidence", "ours_normalized_margin"):
-                result[key].pop("rows")
+            for r in rankings:
+                result[f"ours_{r}"].pop("rows")
             results.append(result)
-            sc, nm = ours["self_confidence"], ours["normalized_margin"]
-            rows.append({"data": f"{name} ({len(labels)})", "flips": f"{int(rate * 100)} % ({len(flips)}), seed "
-                         f"{noise_seed}", "ours P / R": f"{sc['precision']:.2f} / {sc['recall']:.2f} ({sc['flagged']})",
-                         "cleanlab P / R": f"{theirs_set['precision']:.2f} / {theirs_set['recall']:.2f} "
-                         f"({theirs_set['flagged']})",
-                         "P@k self_conf.": f"{sc['precision_at_k']:.2f}",
-                         "P@k norm. margin": f"{nm['precision_at_k']:.2f}",
-                         "P@k cleanlab": f"{theirs['precision_at_k']:.2f}",
-                         "command": f"{wall['self_confidence']:.0f} s"})
+            first = ours[rankings[0]]
+            group = pooled.setdefault((name.rsplit("_", 1)[0] if name.startswith("fashion") else name, rate),
+                                      {"ours": np.zeros(3), "cleanlab": np.zeros(3)})
+            group["ours"] += [first["precision"] * first["flagged"], first["flagged"], len(flips)]
+            group["cleanlab"] += [theirs_set["precision"] * theirs_set["flagged"], theirs_set["flagged"], len(flips)]
+            row = {"data": f"{name} ({len(labels)})", "flips": f"{int(rate * 100)} % ({len(flips)}), seed {noise_seed}",
+                   "ours P / R": f"{first['precision']:.2f} / {first['recall']:.2f} ({first['flagged']})",
+                   "cleanlab P / R": f"{theirs_set['precision']:.2f} / {theirs_set['recall']:.2f} "
+                   f"({theirs_set['flagged']})"}
+            for r in rankings:
+                row[f"P@k {r}"] = f"{ours[r]['precision_at_k']:.2f}"
+            row["P@k cleanlab"] = f"{theirs['precision_at_k']:.2f}"
+            row["command"] = f"{wall[rankings[0]]:.0f} s"
+            rows.append(row)
             print(rows[-1], flush=True)
+    for (name, rate), group in pooled.items():
+        (hits, flagged, flips_n), (c_hits, c_flagged, _) = group["ours"], group["cleanlab"]
+        rows.append({"data": f"{name}, all draws", "flips": f"{int(rate * 100)} % ({int(flips_n)})",
+                     "ours P / R": f"{hits / max(1, flagged):.3f} / {hits / flips_n:.3f} ({int(flagged)})",
+                     "cleanlab P / R": f"{c_hits / max(1, c_flagged):.3f} / {c_hits / flips_n:.3f} ({int(c_flagged)})"})
+        results.append({"pooled": name, "rate": rate, "ours": group["ours"].tolist(),
+                        "cleanlab": group["cleanlab"].tolist()})
+        print(rows[-1], flush=True)
 
 
 def swap_part(datasets: list[tuple[str, tk.ImageFiles, int, int]], rates: list[float]) -> list[dict]:
@@ -203,8 +222,9 @@ def swap_part(datasets: list[tuple[str, tk.ImageFiles, int, int]], rates: list[f
             row = {"data": f"{name} ({len(labels)})", "flips": f"{int(rate * 100)} % ({len(flips)}), seed {noise_seed}"}
             for source, probabilities in sources.items():
                 ours = list(find_label_issues(noisy, probabilities).indices)
+                prune = list(find_label_issues(noisy, probabilities, rule="prune_by_noise_rate").indices)
                 theirs = list(np.flatnonzero(cleanlab_filter(noisy, probabilities)))
-                for filter_name, flagged in (("transferkit", ours), ("cleanlab", theirs)):
+                for filter_name, flagged in (("threshold", ours), ("prune", prune), ("cleanlab", theirs)):
                     got = scores(flagged, flips)
                     row[f"{source} → {filter_name}"] = (f"{got['precision']:.2f} / {got['recall']:.2f} "
                                                         f"({got['flagged']})")
@@ -213,6 +233,42 @@ def swap_part(datasets: list[tuple[str, tk.ImageFiles, int, int]], rates: list[f
             rows.append(row)
             print(row, flush=True)
     return rows
+
+
+def rules_part(datasets: list[tuple[str, tk.ImageFiles, int, int]], rates: list[float], shares: list[float],
+               offset: int) -> list[dict]:
+    """In process: pooled precision / recall of each rule and share, and of cleanlab, over the draws."""
+    from transferkit._review._confident import find_label_issues, out_of_fold
+
+    totals: dict[tuple[str, float], dict[str, np.ndarray]] = {}
+    features_by_name: dict[str, np.ndarray] = {}
+    for name, files, size, noise_seed in datasets:
+        labels = np.asarray(files.labels).astype(int)
+        classes = len(files.class_names)
+        if name not in features_by_name:
+            features_by_name[name] = features_of(files, size)
+        features = features_by_name[name]
+        for rate in rates:
+            noisy, flips = flip(labels, classes, rate, noise_seed + offset)
+            probabilities = out_of_fold(features, noisy, classes, seed=0)
+            flagged = {f"share {share:g}": find_label_issues(noisy, probabilities, share=share).indices
+                       for share in shares}
+            flagged["prune by noise rate"] = find_label_issues(noisy, probabilities,
+                                                               rule="prune_by_noise_rate").indices
+            flagged["cleanlab"] = np.flatnonzero(cleanlab_issues(features, noisy, noise_seed)[0])
+            group = totals.setdefault((name.rsplit("_", 1)[0] if name.startswith("fashion") else name, rate), {})
+            for rule, rows in flagged.items():
+                hits = len(set(rows.tolist()) & set(flips.tolist()))
+                group[rule] = group.get(rule, np.zeros(3)) + np.array([hits, len(rows), len(flips)])
+            print(name, noise_seed, rate, flush=True)
+    table = []
+    for (name, rate), group in totals.items():
+        row = {"data": name, "flips": f"{int(rate * 100)} % ({int(group['cleanlab'][2])})"}
+        for rule, (hits, count, planted) in group.items():
+            row[rule] = f"{hits / max(1, count):.3f} / {hits / planted:.3f}"
+        table.append(row)
+        print(row, flush=True)
+    return table
 
 
 def edit_copy(source: Path, target_dir: Path, edit: str, number: int) -> Path:
@@ -335,16 +391,20 @@ def timing_part(tmp: Path, sizes: list[int], results: list[dict]) -> list[dict]:
     return rows
 
 
-PARTS = ("labels", "swap", "duplicates", "training", "timing")
+PARTS = ("labels", "swap", "rules", "duplicates", "training", "timing")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", nargs="+", default=[p for p in PARTS if p != "swap"], choices=PARTS)
+    parser.add_argument("--parts", nargs="+", default=[p for p in PARTS if p not in ("swap", "rules")], choices=PARTS)
     parser.add_argument("--per-class", type=int, default=100, help="Fashion-MNIST images a class (default 100)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="Fashion-MNIST subsets and flips")
     parser.add_argument("--stamps-seeds", type=int, nargs="+", default=[1, 2], help="flip draws on stamps5")
     parser.add_argument("--rates", type=float, nargs="+", default=[0.05, 0.10])
+    parser.add_argument("--rankings", nargs="+", default=["self_confidence", "normalized_margin"],
+                        choices=["self_confidence", "normalized_margin"], help="the command's rankings to run")
+    parser.add_argument("--shares", type=float, nargs="+", default=[0.2, 0.3, 0.4, 0.5], help="for `rules`")
+    parser.add_argument("--flip-offset", type=int, default=0, help="for `rules`: added to the flips' seeds")
     parser.add_argument("--timing", type=int, nargs="+", default=[2000, 10000], help="images for the wall time")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
@@ -362,7 +422,7 @@ def main() -> int:
             datasets = [(f"fashion{args.per_class}_{s}", tk.scan_folder(tasks[s][0]), 96, s) for s in args.seeds]
             stamps = tk.scan_folder(STAMPS5)
             datasets += [("stamps5", stamps, 224, s) for s in args.stamps_seeds]
-            label_part(tmp, datasets, args.rates, rows, results)
+            label_part(tmp, datasets, args.rates, args.rankings, rows, results)
             payload["labels"] = results
             tables.append(("Planted label errors: precision / recall (flagged), precision at k = flips", rows,
                            list(rows[0]) if rows else []))
@@ -374,6 +434,14 @@ def main() -> int:
             payload["swap"] = rows
             tables.append(("Probabilities × filter, in process on the same features: precision / recall (flagged)",
                            rows, list(rows[0])))
+        if "rules" in args.parts:
+            datasets = [(f"fashion{args.per_class}_{s}", tk.scan_folder(tasks[s][0]), 96, s) for s in args.seeds]
+            stamps = tk.scan_folder(STAMPS5)
+            datasets += [("stamps5", stamps, 224, s) for s in args.stamps_seeds]
+            rows = rules_part(datasets, args.rates, args.shares, args.flip_offset)
+            payload["rules"] = rows
+            tables.append((f"Rules, in process, pooled over the draws (flip offset {args.flip_offset}): "
+                           "precision / recall", rows, list(rows[0])))
         first = args.seeds[0]
         if "duplicates" in args.parts:
             results_d: dict = {}

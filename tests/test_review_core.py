@@ -58,9 +58,10 @@ def test_planted_label_flips_are_found_with_the_true_class_suggested(ranking: st
     probabilities = out_of_fold(features, given, 4)
     issues = find_label_issues(given, probabilities, ranking=ranking)
     precision, recall = precision_recall(issues.indices, flipped)
-    assert precision >= 0.9 and recall >= 0.85, (precision, recall)
+    assert precision >= 0.9 and recall >= 0.95, (precision, recall)
     caught = np.isin(issues.indices, flipped)
-    assert np.mean(issues.suggested[caught] == truth[issues.indices[caught]]) >= 0.9
+    # (a few flips land between two clusters: their true class is not the obvious suggestion)
+    assert np.mean(issues.suggested[caught] == truth[issues.indices[caught]]) >= 0.85
     # most suspect first, and the scores are the ranking's scores of those rows
     assert np.all(np.diff(issues.scores) >= 0)
     np.testing.assert_allclose(issues.scores, label_scores(given, probabilities, ranking=ranking)[issues.indices])
@@ -110,8 +111,29 @@ def test_prune_by_noise_rate_flags_the_largest_margins() -> None:
                   [0.1, 0.9], [0.2, 0.8], [0.4, 0.6]])
     np.testing.assert_array_equal(confident_joint(labels, p, calibrate=False), [[3, 1], [0, 2]])
     np.testing.assert_allclose(confident_joint(labels, p), [[3.75, 1.25], [0, 3]])
-    issues = find_label_issues(labels, p)
+    issues = find_label_issues(labels, p, rule="prune_by_noise_rate")
     np.testing.assert_array_equal(issues.indices, [3])
+
+
+def test_the_threshold_rule_flags_below_a_share_of_the_class_threshold() -> None:
+    # class 0's threshold is (0.95 + 0.9 + 0.85 + 0.2 + 0.4) / 5 = 0.66; class 1's (0.9 + 0.8 + 0.6) / 3 = 0.767
+    labels = np.array([0, 0, 0, 0, 0, 1, 1, 1])
+    p = np.array([[0.95, 0.05], [0.9, 0.1], [0.85, 0.15], [0.2, 0.8], [0.4, 0.6],
+                  [0.1, 0.9], [0.2, 0.8], [0.4, 0.6]])
+    np.testing.assert_allclose(thresholds(labels, p), [0.66, 2.3 / 3])
+    # 0.3 of them: 0.198 and 0.23: no row is below (row 3 has 0.2, just above 0.198)
+    assert len(find_label_issues(labels, p)) == 0
+    # 0.7 of them: 0.462 and 0.537: rows 3 and 4 (0.2, 0.4), most suspect first; not row 7 (0.6)
+    issues = find_label_issues(labels, p, share=0.7)
+    np.testing.assert_array_equal(issues.indices, [3, 4])
+    np.testing.assert_array_equal(issues.suggested, [1, 1])
+    np.testing.assert_allclose(issues.scores, [0.2, 0.4])
+    assert len(find_label_issues(labels, p, share=0.0)) == 0
+    np.testing.assert_array_equal(find_label_issues(labels, p, share=1.0).indices, [3, 4, 7])  # below the mean
+    with pytest.raises(ConfigError, match="share"):
+        find_label_issues(labels, p, share=1.5)
+    with pytest.raises(ConfigError, match="rule"):
+        find_label_issues(labels, p, rule="both")
 
 
 def test_a_class_with_one_image_and_an_empty_class_do_not_crash() -> None:

@@ -23,7 +23,7 @@ from transferkit._review._confident import (
     out_of_fold,
     thresholds,
 )
-from transferkit._review._duplicates import THRESHOLD, near_duplicates
+from transferkit._review._duplicates import THRESHOLD, leaks, near_duplicates
 from transferkit._review._outliers import feature_outliers, image_problems, neighbour_distances
 
 
@@ -222,6 +222,52 @@ def test_across_two_sets_pairs_each_row_of_a_with_rows_of_b(block: int) -> None:
     pairs = near_duplicates(a, b, threshold=0.99, block=block)
     assert {(i, j) for i, j, _ in pairs} == brute_force(a, b, 0.99) == {(4, 15), (9, 16), (4, 17)}
     assert pairs[0][2] == pytest.approx(1.0) and pairs[0][:2] in {(4, 15), (9, 16)}
+
+
+def copy_at(source: np.ndarray, similarity: float, rng: np.random.Generator) -> np.ndarray:
+    """A vector whose cosine similarity with ``source`` is exactly ``similarity``."""
+    unit = source / np.linalg.norm(source)
+    other = rng.normal(size=source.shape)
+    other -= (other @ unit) * unit
+    other /= np.linalg.norm(other)
+    return similarity * unit + np.sqrt(1 - similarity ** 2) * other
+
+
+def brute_force_leaks(a: np.ndarray, b: np.ndarray, threshold: float, margin: float, gap: float) -> set:
+    s = (a / np.linalg.norm(a, axis=1, keepdims=True)) @ (b / np.linalg.norm(b, axis=1, keepdims=True)).T
+    found = {(i, j) for i, j in zip(*np.nonzero(s >= threshold - 1e-6))}
+    for j in range(s.shape[1]):
+        order = np.argsort(-s[:, j])
+        i = order[0]
+        if s[i, j] >= threshold - margin - 1e-6 and s[i, j] - s[order[1], j] >= gap and s[i].argmax() == j:
+            found.add((int(i), j))
+    return {(int(i), int(j)) for i, j in found}
+
+
+@pytest.mark.parametrize("block", [1, 4, 2048])
+def test_leaks_add_clear_mutual_nearest_neighbours_below_the_threshold(block: int) -> None:
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(30, 64))
+    b = rng.normal(size=(12, 64))
+    b[0] = copy_at(a[3], 0.85, rng)  # below 0.90, one clear match: a leak
+    b[1] = copy_at(a[7], 0.95, rng)  # above 0.90: a leak by the threshold alone
+    b[2] = copy_at(a[10], 0.75, rng)  # below 0.80: not a leak
+    a[20] = copy_at(a[11], 0.999, rng)  # a[11] and a[20] are near-identical data images...
+    b[3] = copy_at(a[11], 0.85, rng)  # ...so b[3] has no clear nearest neighbour: not a leak
+    pairs = leaks(a, b, block=block)
+    found = {(i, j) for i, j, _ in pairs}
+    assert (3, 0) in found and (7, 1) in found
+    assert not any(j in (2, 3) for _, j in found)
+    assert found == brute_force_leaks(a, b, THRESHOLD, 0.10, 0.04)
+    assert {(i, j) for i, j, _ in near_duplicates(a, b, block=block)} <= found
+    assert [s for _, _, s in pairs] == sorted((s for _, _, s in pairs), reverse=True)
+    # margin 0: the threshold alone
+    assert {(i, j) for i, j, _ in leaks(a, b, margin=0.0, block=block)} == {
+        (i, j) for i, j, _ in near_duplicates(a, b, block=block)}
+    # the best match of a[3] must be b[0] for the pair to count (mutual): a closer b row takes it
+    b2 = np.concatenate([b, copy_at(a[3], 0.88, rng)[None]])
+    found2 = {(i, j) for i, j, _ in leaks(a, b2, block=block)}
+    assert (3, 0) not in found2 and (3, 12) in found2
 
 
 def test_exact_copies_reach_a_threshold_of_one_and_zero_rows_match_nothing() -> None:

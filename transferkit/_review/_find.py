@@ -3,8 +3,9 @@
 A pretrained backbone embeds every image once; a linear head solved on those features gives
 out-of-fold probabilities for every image (k folds cost seconds, not k trainings); then
 
-* **label issues** — confident learning (Northcutt et al., JAIR 2021) on those probabilities: per-class
-  thresholds, the confident joint, and the images it judges mislabelled, most suspect first;
+* **label issues** — confident learning's per-class thresholds (Northcutt et al., JAIR 2021) on those
+  probabilities: the images whose given label's probability is below 0.3 of their class's threshold,
+  most suspect first (and the confident joint beside them);
 * **duplicates** — pairs of images whose embeddings are nearly the same (copies, re-encodings,
   resized or slightly cropped versions), within the data and, with ``against``, across it and another
   folder (a test set: a leak);
@@ -38,6 +39,7 @@ from transferkit._defaults import DEFAULT_BACKBONE, DUPLICATE_THRESHOLD
 from transferkit._errors import ConfigError, DataError
 from transferkit._model import model_parts, with_preprocessing
 from transferkit._review._confident import LabelIssues, find_label_issues, out_of_fold
+from transferkit._review._duplicates import leaks as find_leaks
 from transferkit._review._duplicates import near_duplicates
 from transferkit._review._outliers import feature_outliers, image_problems
 from transferkit._review._page import default_thumbnail, write_review_page
@@ -166,6 +168,8 @@ def review(
         folds: Folds of the out-of-fold probabilities.
         ranking: ``"self_confidence"`` or ``"normalized_margin"``: how label issues are ordered.
         duplicate_threshold: Cosine similarity of two images' features at or above which they are a pair.
+            Across ``against`` a pair also counts from 0.10 below it when the two images are each
+            other's clear nearest neighbour (:func:`~transferkit._review._duplicates.leaks`).
         batch_size: Images per forward pass.
         seed: Seeds the folds.
 
@@ -193,7 +197,7 @@ def review(
         other_features = embed(other, model, image_size=size, batch_size=batch_size)
         leaks = [{"path_a": files.paths[i], "path_b": other.paths[j], "similarity": round(float(s), 6),
                   "across": True}
-                 for i, j, s in near_duplicates(features, other_features, threshold=duplicate_threshold)]
+                 for i, j, s in find_leaks(features, other_features, threshold=duplicate_threshold)]
         pairs = leaks + pairs
 
     outliers: list[dict[str, Any]] = [{"path": files.paths[i], "reason": reason, "score": ""}

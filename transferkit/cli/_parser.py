@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ranking", choices=("self_confidence", "normalized_margin"), default="self_confidence",
                    help="how suspected label errors are ordered")
     p.add_argument("--threshold", type=float, default=DUPLICATE_THRESHOLD,
-                   help="cosine similarity of two images' features from which they count as duplicates")
+                   help="cosine similarity of two images' features from which they count as duplicates (across "
+                   "--against also from 0.10 below, for two images that are each other's clear nearest neighbour)")
     p.add_argument("--seed", type=int, default=0, help="seeds the folds")
     p.add_argument("--apply", metavar="DECISIONS_CSV",
                    help="carry out decisions.csv from review.html on DATA_DIR (prints the plan; needs --yes)")

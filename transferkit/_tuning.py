@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import logging
 import math
 import os
 import socket
@@ -37,6 +38,7 @@ import keras
 from transferkit._atomic import atomic_path, waiting_lock, write_text_atomic
 from transferkit._distributed_search import (
     WORKER_TIMEOUT,
+    ChiefLink,
     Distributed,
     SearchError,
     deadline_stub,
@@ -52,6 +54,7 @@ from transferkit._freezing import UnfreezeTop
 from transferkit._heads import Head
 from transferkit._model import backbone_of
 from transferkit._phases import FINE_TUNE_PHASE, HEAD_PHASE
+from transferkit._search_state import Recovery, recover, write_atomically
 from transferkit._types import PathLike, Weights
 from transferkit.backbones._registry import BackboneSpec, get_backbone
 from transferkit.data._loaders import ImageData
@@ -59,6 +62,7 @@ from transferkit.data._loaders import ImageData
 if TYPE_CHECKING:
     import keras_tuner
 
+log = logging.getLogger("transferkit")
 TUNERS = ("random", "bayesian", "hyperband")
 MAX_TRIALS = 20
 EPOCHS = 10
@@ -191,6 +195,7 @@ def _tuner_class(kind: str) -> type:
 
         def __init__(self, *, data: ImageData, settings: TrialSettings, cache: FeatureCache,
                      distributed: Distributed | None, worker_timeout: float, **kwargs: Any) -> None:
+            self.recovery = Recovery()  # what reload() repaired in a folder it read back
             super().__init__(**kwargs)
             self._data, self._settings, self._cache = data, settings, cache
             self._distributed, self._worker_timeout = distributed, worker_timeout
@@ -198,13 +203,20 @@ def _tuner_class(kind: str) -> type:
             self.ran: list[dict[str, Any]] = []  # the trials this process ran
             if distributed is not None and not distributed.chief:
                 # keras-tuner's client waits an hour for a chief that is not there (keras-tuner#990)
-                self.oracle.stub = deadline_stub(distributed.address, worker_timeout)
+                link = ChiefLink(distributed.tuner_id, distributed.address, worker_timeout)
+                self.oracle.stub = deadline_stub(distributed.address, worker_timeout, link)
+
+        def reload(self) -> None:
+            super().reload()  # keras-tuner calls it when the folder holds this tuner's saved state
+            if not self._is_worker():  # the oracle is the chief's (or a single process's)
+                self.recovery = recover(self.oracle)
 
         def search(self, *fit_args: object, **fit_kwargs: object) -> None:
             if self._distributed is None or not self._distributed.chief:
                 super().search(*fit_args, **fit_kwargs)
                 return
-            run_chief(self, self._distributed, self._worker_timeout, verbose=fit_kwargs.get("verbose", 1))
+            run_chief(self, self._distributed, self._worker_timeout, verbose=fit_kwargs.get("verbose", 1),
+                      recovery=self.recovery)
 
         def run_trial(self, trial: keras_tuner.engine.trial.Trial, *args: object, **kwargs: object
                       ) -> dict[str, float]:
@@ -369,6 +381,7 @@ def search(
         raise ConfigError("overwrite=True deletes the search folder that the other processes of a distributed "
                           "search are using. Start a distributed search in a new directory instead.")
     spec = get_backbone(backbone)
+    write_atomically()  # every file keras-tuner writes in the search folder: whole or not at all
     cls = _tuner_class(tuner)
     budget: dict[str, Any] = ({"max_epochs": epochs, "hyperband_iterations": 1} if tuner == "hyperband" else
                               {"max_trials": max_trials})
@@ -390,6 +403,8 @@ def search(
     if distributed is not None and not distributed.chief:
         run_worker(runner, distributed, worker_timeout)
         return _worker_result(runner.ran, project, settings, distributed, features)
+    if distributed is None and runner.recovery:
+        log.warning("%s", runner.recovery.describe(worker_timeout=None))
     runner.search(verbose=0)
     rows = _all_trials(runner.oracle, project, distributed=distributed is not None)
     if not rows:

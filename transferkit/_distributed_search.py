@@ -12,6 +12,13 @@ send a heartbeat during each trial (:func:`worker_heartbeat`) so that a long tri
 for a dead worker, and wait at most ``worker_timeout`` seconds for a chief
 (:func:`deadline_stub`) instead of keras-tuner's hour (keras-tuner#990).
 
+A chief killed at any moment (``kill -9``) and started again with the same command takes the
+search over: every file of the search folder is written whole, and the trials that were running stay
+with their workers (:mod:`transferkit._search_state`). Meanwhile each worker's calls wait for the
+chief up to ``worker_timeout`` and are sent again to the new one (:func:`deadline_stub`); the worker
+says when it starts waiting and when the chief answers again (:class:`ChiefLink`). The new chief
+takes a repeated report of a trial's end once (:func:`servicer_class`).
+
 This module knows nothing of what a trial trains: :mod:`transferkit._tuning` runs the trials and
 builds the results.
 """

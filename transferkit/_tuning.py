@@ -9,8 +9,9 @@ trial's model twice on its own (keras-tuner#629), hence the custom ``run_trial``
 The same :func:`search` runs as keras-tuner's distributed search when its environment variables
 are set (``KERASTUNER_TUNER_ID``, ``KERASTUNER_ORACLE_IP``, ``KERASTUNER_ORACLE_PORT``): the chief
 serves the oracle and runs no trial; each worker asks it for trials. What the chief and the workers
-add to keras-tuner (serving the oracle, giving up on silent workers, heartbeats, deadlines) is in
-:mod:`transferkit._distributed_search`. Workers extract the head features into a shared disk cache
+add to keras-tuner (serving the oracle, giving up on silent workers, heartbeats, deadlines, a chief
+started again) is in :mod:`transferkit._distributed_search`; keras-tuner's files are written whole and
+read back after a kill by :mod:`transferkit._search_state`. Workers extract the head features into a shared disk cache
 once, under a lock, before their first trial.
 
 Example:
@@ -362,7 +363,9 @@ def search(
         epochs: Head-training epochs per trial (Hyperband's maximum).
         fine_tune: Also search ``fine_tune_blocks`` and ``fine_tune_learning_rate``
             (two-phase trials; slower, since fine-tuning cannot run on the final features).
-        directory: keras-tuner's folder. With ``overwrite=False`` an interrupted search resumes.
+        directory: keras-tuner's folder. With ``overwrite=False`` an interrupted search resumes: a
+            trial running when it stopped runs again (or, in a distributed search, stays with its
+            worker), and no trial is lost or run twice.
         cache: Share a feature cache (a new in-memory one by default).
         worker_timeout: Distributed search: the chief fails the trial of a worker it has not heard from
             for this many seconds (workers send a heartbeat during trials) and forgets the worker; a

@@ -25,7 +25,7 @@ puts the folder back in the state of one moment:
 Example:
     >>> write_atomically()  # then run keras-tuner; after it reloads a folder:
     >>> recover(tuner.oracle).describe(worker_timeout=120)
-    'trial 3 (worker tuner1) was running when the search stopped: …'
+    'Resuming the search: trial(s) 3 (tuner1) were running when the last chief stopped: …'
 """
 
 from __future__ import annotations

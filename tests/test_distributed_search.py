@@ -9,11 +9,14 @@ chief's watchdog, the heartbeat, the port and a worker without a chief in this p
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -31,6 +34,7 @@ from transferkit._distributed_search import (
     servicer_class,
 )
 from transferkit._errors import ConfigError
+from transferkit._search_state import recover
 from transferkit._tuning import search, search_space
 
 TIMEOUT = 150  # seconds for a whole search; it takes about 30 on 2 busy cores
@@ -54,12 +58,14 @@ class Cluster:
         self.folder, self.port = folder, port
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, tuner_id: str, command: list[str]) -> subprocess.Popen[bytes]:
+    def start(self, tuner_id: str, command: list[str], name: str | None = None) -> subprocess.Popen[bytes]:
+        """Start ``command`` as ``tuner_id``; ``name`` (default: the tuner id) names its log and process here."""
+        name = name or tuner_id
         env = {**os.environ, "KERASTUNER_TUNER_ID": tuner_id, "KERASTUNER_ORACLE_IP": "127.0.0.1",
                "KERASTUNER_ORACLE_PORT": str(self.port), "TF_CPP_MIN_LOG_LEVEL": "3"}
-        with open(self.folder / f"{tuner_id}.log", "wb") as log:
+        with open(self.folder / f"{name}.log", "wb") as log:
             process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-        self.processes[tuner_id] = process
+        self.processes[name] = process
         return process
 
     def wait(self, tuner_id: str, deadline: float) -> int:
@@ -148,6 +154,58 @@ def test_the_chief_gives_up_on_a_killed_worker_and_finishes_with_the_trials_that
     assert (run / "model.keras").is_file()
 
 
+def _worker_trials(output: str) -> list[str]:
+    """The trials a worker says it ran, in its last line."""
+    summary = re.search(r"Worker \S+ \(pid \d+\) done: ran (\d+) trial\(s\)(?: \(([\d, ]+)\))?", output)
+    assert summary, output
+    return summary[2].split(", ") if summary[2] else []
+
+
+@pytest.mark.slow  # four `transferkit tune` processes, three at a time: about 40 s on 2 busy cores
+def test_a_chief_killed_while_workers_run_trials_and_started_again_ends_with_every_trial_once(data, tmp_path):
+    run = tmp_path / "run"
+    oracle_file = run / "search" / "tiny_cnn" / "oracle.json"
+    command = _tune(data, run, "--max-trials", "4", "--epochs", "3", "--worker-timeout", "30")
+    cluster = Cluster(tmp_path, _free_port())
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        first = cluster.start("chief", command, name="chief-killed")
+        for tuner_id in ("tuner0", "tuner1"):
+            cluster.start(tuner_id, command)
+        running: dict[str, str] = {}
+        while len(running) < 2:  # both workers in a trial, as the chief last saved its state
+            assert first.poll() is None and time.monotonic() < deadline, cluster.output("chief-killed")
+            if oracle_file.is_file():  # written whole or not at all: never half a file to read
+                state = json.loads(oracle_file.read_text())
+                # (keras-tuner saves a trial's end before it drops the trial from ongoing_trials)
+                running = {t: i for t, i in state["ongoing_trials"].items() if i not in state["end_order"]}
+            time.sleep(0.02)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+        # a worker that finishes its trial, or sends its heartbeat, finds no chief and says it waits
+        while not any("does not answer; waiting up to 30 s" in cluster.output(t) for t in ("tuner0", "tuner1")):
+            assert time.monotonic() < deadline, cluster.output("tuner0") + cluster.output("tuner1")
+            time.sleep(0.05)
+        cluster.start("chief", command)  # the same command, on the same port
+        codes = {t: cluster.wait(t, deadline) for t in ("tuner0", "tuner1", "chief")}
+    finally:
+        cluster.stop()
+    outputs = {t: cluster.output(t) for t in cluster.processes}
+    assert codes == {"tuner0": 0, "tuner1": 0, "chief": 0}, outputs
+
+    with open(run / "trials.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(row["trial"] for row in rows) == ["0", "1", "2", "3"]  # every trial, each once
+    ran = {t: _worker_trials(outputs[t]) for t in ("tuner0", "tuner1")}
+    assert sorted(ran["tuner0"] + ran["tuner1"]) == ["0", "1", "2", "3"], outputs  # none run twice
+    assert all(row["worker"] in ("tuner0", "tuner1") and row["trial"] in ran[row["worker"]] for row in rows)
+    in_flight = ", ".join(f"{trial} ({tuner_id})" for tuner_id, trial in sorted(running.items(),
+                                                                                key=lambda item: item[1]))
+    assert f"Resuming the search: trial(s) {in_flight} were running when the last chief stopped" in outputs["chief"]
+    assert any(re.search(r"chief at \S+ answers again after \d+ s", outputs[t]) for t in ran), outputs
+    assert (run / "model.keras").is_file()
+
+
 def _oracle(tmp_path: Path, max_trials: int = 5) -> object:
     oracle = kt.oracles.RandomSearchOracle(objective=kt.Objective("val_accuracy", "max"), max_trials=max_trials,
                                            hyperparameters=search_space(), max_consecutive_failed_trials=None)
@@ -194,6 +252,24 @@ def test_a_worker_in_a_trial_is_heard_from_through_its_heartbeat(tmp_path):
     time.sleep(0.1)
     assert heard["tuner0"] == last  # no heartbeat once the trial is over
     assert give_up_on_silent_workers(oracle, heard, 10) == []
+
+
+def test_a_chief_started_again_on_a_finished_search_stops_without_waiting_for_workers(tmp_path):
+    oracle = _oracle(tmp_path, max_trials=2)
+    for tuner_id in ("tuner0", "tuner1"):
+        trial = oracle.create_trial(tuner_id)
+        oracle.update_trial(trial.trial_id, {"val_accuracy": 0.5})
+        trial.status = "COMPLETED"
+        oracle.end_trial(trial)
+    restarted = _oracle(tmp_path, max_trials=2)
+    restarted.reload()  # the chief was killed after the last trial ended; its workers are gone
+    recover(restarted)  # (keras-tuner alone queues the last trial to run again: it was saved as running)
+    chief = threading.Thread(target=serve, args=(restarted, Distributed("chief", "127.0.0.1", _free_port()), 1.0),
+                             daemon=True)
+    chief.start()
+    chief.join(timeout=10)
+    assert not chief.is_alive()  # it would wait forever for workers that are gone
+    assert sorted(restarted.end_order) == ["0", "1"] and not restarted._retry_queue
 
 
 def test_a_chief_refuses_a_port_another_chief_holds():

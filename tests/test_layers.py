@@ -27,7 +27,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Hub modules as backbones", ("hub",)),
     ("the pieces a training run is made of", (
         "_freezing", "_features", "_metrics", "_saving", "_inference", "_selection", "_calibration", "_solve",
-        "_checkpoint", "_members", "_multiworker", "_distributed_search")),
+        "_checkpoint", "_members", "_multiworker", "_search_state", "_distributed_search")),
     ("phases and their data", ("_phases", "_cache_plan", "_lr_find")),
     ("a FineTuner's settings and its trained result", ("_settings", "_run")),
     ("data meets model; the validation pass after training", ("_binding", "_held_out")),

@@ -12,6 +12,13 @@ send a heartbeat during each trial (:func:`worker_heartbeat`) so that a long tri
 for a dead worker, and wait at most ``worker_timeout`` seconds for a chief
 (:func:`deadline_stub`) instead of keras-tuner's hour (keras-tuner#990).
 
+A chief killed at any moment (``kill -9``) and started again with the same command takes the
+search over: every file of the search folder is written whole, and the trials that were running stay
+with their workers (:mod:`transferkit._search_state`). Meanwhile each worker's calls wait for the
+chief up to ``worker_timeout`` and are sent again to the new one (:func:`deadline_stub`); the worker
+says when it starts waiting and when the chief answers again (:class:`ChiefLink`). The new chief
+takes a repeated report of a trial's end once (:func:`servicer_class`).
+
 This module knows nothing of what a trial trains: :mod:`transferkit._tuning` runs the trials and
 builds the results.
 """
@@ -28,12 +35,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from transferkit._errors import ConfigError, MissingDependencyError, TransferkitError
+from transferkit._search_state import Recovery, already_ended, search_is_over
 
 log = logging.getLogger("transferkit")
 
 WORKER_TIMEOUT = 120.0  # seconds without word from a worker before the chief fails its trial
 CONSECUTIVE_FAILURES = 3  # keras-tuner's default limit, enforced by the chief in a distributed search
 _POLL = 0.2  # seconds between the chief's checks of its workers
+_OVER_GRACE = 5.0  # seconds a chief restarted on a finished search answers the workers that may still ask
 
 
 class SearchError(TransferkitError, RuntimeError):
@@ -136,18 +145,69 @@ def worker_heartbeat(oracle: Any, trial_id: str, distributed: Distributed | None
     return heartbeat(oracle, trial_id, heartbeat_interval(worker_timeout))
 
 
-def deadline_stub(address: str, seconds: float) -> Any:
+class ChiefLink:
+    """A worker's view of its chief: says once when the chief stops answering, and when it answers again.
+
+    The chief may be restarted (killed, then the same command run again): a worker keeps each call
+    waiting for it up to its ``worker_timeout`` and prints one line when the wait starts and one
+    when it ends.
+    """
+
+    def __init__(self, tuner_id: str, address: str, seconds: float) -> None:
+        self.tuner_id, self.address, self.seconds = tuner_id, address, seconds
+        self._lock = threading.Lock()
+        self._lost_at: float | None = None
+
+    def lost(self) -> None:
+        with self._lock:
+            if self._lost_at is not None:
+                return
+            self._lost_at = time.monotonic()
+        log.warning("Worker %s: the chief at %s does not answer; waiting up to %g s for it (a chief started again "
+                    "with the same command takes the search over)", self.tuner_id, self.address, self.seconds)
+
+    def answered(self) -> None:
+        with self._lock:
+            lost_at, self._lost_at = self._lost_at, None
+        if lost_at is not None:
+            log.warning("Worker %s: the chief at %s answers again after %.0f s; the search goes on", self.tuner_id,
+                        self.address, time.monotonic() - lost_at)
+
+
+_RECONNECT = [("grpc.initial_reconnect_backoff_ms", 250), ("grpc.min_reconnect_backoff_ms", 250),
+              ("grpc.max_reconnect_backoff_ms", 1000)]  # a restarted chief is found within a second
+
+
+def deadline_stub(address: str, seconds: float, link: ChiefLink | None = None) -> Any:
     """A stub for the chief's service whose calls wait at most ``seconds`` for the chief, instead of
-    keras-tuner's hour (keras-tuner#990)."""
+    keras-tuner's hour (keras-tuner#990).
+
+    Within that time a call that finds no chief, or whose chief went away before answering (killed
+    mid-call), is sent again once the chief listens: the restarted chief takes each call again
+    (see :mod:`transferkit._search_state` and :func:`servicer_class`). ``link`` hears of each
+    outage and its end.
+    """
     import grpc
     from keras_tuner.src import protos
 
     class Deadline(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
         def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-            timeout = seconds if details.timeout is None else min(details.timeout, seconds)
-            return continuation(details._replace(timeout=timeout), request)
+            give_up = time.monotonic() + (seconds if details.timeout is None else min(details.timeout, seconds))
+            ready = False  # the first try fails at once where no chief listens, so that the wait is announced
+            while True:
+                remaining = max(give_up - time.monotonic(), 0.001)
+                call = continuation(details._replace(timeout=remaining, wait_for_ready=ready), request)
+                if call.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() >= give_up:
+                    if link is not None and call.code() == grpc.StatusCode.OK:
+                        link.answered()
+                    return call
+                if link is not None:
+                    link.lost()
+                if ready:  # a chief that accepted the connection and went away: do not spin
+                    time.sleep(min(0.2, remaining))
+                ready = True
 
-    channel = grpc.intercept_channel(grpc.insecure_channel(address), Deadline())
+    channel = grpc.intercept_channel(grpc.insecure_channel(address, options=_RECONNECT), Deadline())
     return protos.get_service_grpc().OracleStub(channel)
 
 
@@ -166,9 +226,9 @@ def run_worker(runner: Any, distributed: Distributed, worker_timeout: float) -> 
         if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
             raise SearchError(
                 f"Worker {distributed.tuner_id}: the chief at {distributed.address} did not answer within "
-                f"{worker_timeout:g} s ({code.name}). It is not running: not started yet, stopped, or done with a "
-                "search that ended before this worker asked for a trial. Start the chief first, or give the "
-                "workers a longer worker_timeout (--worker-timeout).") from None
+                f"{worker_timeout:g} s ({code.name}). It is not running: not started yet, stopped (and not started "
+                "again in time), or done with a search that ended before this worker asked for a trial. Start the "
+                "chief first, or give the workers a longer worker_timeout (--worker-timeout).") from None
         raise SearchError(f"Worker {distributed.tuner_id}: the chief at {distributed.address} answered with an "
                           f"error ({code.name}: {error.details()}).") from None
 
@@ -224,7 +284,11 @@ def no_worker_left(oracle: Any) -> bool:
 
 def servicer_class() -> type:
     """keras-tuner's oracle service as a class that also notes when each worker was last heard from."""
+    from keras_tuner.src import protos
     from keras_tuner.src.distribute.oracle_chief import OracleServicer
+    from keras_tuner.src.engine.trial import Trial
+
+    kt = require_keras_tuner()
 
     class ChiefServicer(OracleServicer):  # type: ignore[misc]
         """keras-tuner's oracle service, noting when each worker was last heard from."""
@@ -249,6 +313,10 @@ def servicer_class() -> type:
 
         def EndTrial(self, request: Any, context: Any) -> Any:
             self._heard_about(request.trial.trial_id)
+            status = Trial.from_proto(request.trial).status
+            if kt.synchronized(already_ended)(self.oracle, request.trial.trial_id, status):
+                # a worker sending its report again (its chief was killed before answering): recorded once
+                return protos.get_service().EndTrialResponse()
             return super().EndTrial(request, context)
 
         def GetTrial(self, request: Any, context: Any) -> Any:  # also the workers' heartbeat
@@ -285,17 +353,28 @@ def serve(oracle: Any, distributed: Distributed, worker_timeout: float) -> None:
                           "over from another search?). Stop that process, or choose another "
                           "KERASTUNER_ORACLE_PORT for the chief and the workers.") from None
     server.start()
+    # A search with nothing left (its chief was killed after the last trial ended) waits a moment for
+    # a worker still asking for trials, to tell it to stop, and not forever for workers long gone.
+    over_at = time.monotonic() + min(worker_timeout, _OVER_GRACE) if kt.synchronized(search_is_over)(oracle) else None
     try:
-        while not (heard and kt.synchronized(no_worker_left)(oracle)):
+        while not ((heard or (over_at is not None and time.monotonic() > over_at))
+                   and kt.synchronized(no_worker_left)(oracle)):
             time.sleep(_POLL)
             kt.synchronized(give_up_on_silent_workers)(oracle, heard, worker_timeout)
     finally:
         server.stop(grace=1.0)  # the last worker's answer (STOPPED) is still on its way
 
 
-def run_chief(runner: Any, distributed: Distributed, worker_timeout: float, *, verbose: object) -> None:
+def run_chief(runner: Any, distributed: Distributed, worker_timeout: float, *, verbose: object,
+              recovery: Recovery | None = None) -> None:
     """The chief's whole search (``runner`` is its keras-tuner tuner): save the tuner's state, then
-    :func:`serve` its oracle until no worker is left. The chief runs no trial."""
+    :func:`serve` its oracle until no worker is left. The chief runs no trial.
+
+    ``recovery`` is what :func:`transferkit._search_state.recover` repaired in the folder of a
+    chief that was stopped and started again; it is reported before serving.
+    """
     runner.oracle.verbose = verbose
+    if recovery:
+        log.warning("%s", recovery.describe(worker_timeout=worker_timeout))
     runner.save()
     serve(runner.oracle, distributed, worker_timeout)

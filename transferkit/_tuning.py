@@ -9,8 +9,9 @@ trial's model twice on its own (keras-tuner#629), hence the custom ``run_trial``
 The same :func:`search` runs as keras-tuner's distributed search when its environment variables
 are set (``KERASTUNER_TUNER_ID``, ``KERASTUNER_ORACLE_IP``, ``KERASTUNER_ORACLE_PORT``): the chief
 serves the oracle and runs no trial; each worker asks it for trials. What the chief and the workers
-add to keras-tuner (serving the oracle, giving up on silent workers, heartbeats, deadlines) is in
-:mod:`transferkit._distributed_search`. Workers extract the head features into a shared disk cache
+add to keras-tuner (serving the oracle, giving up on silent workers, heartbeats, deadlines, a chief
+started again) is in :mod:`transferkit._distributed_search`; keras-tuner's files are written whole and
+read back after a kill by :mod:`transferkit._search_state`. Workers extract the head features into a shared disk cache
 once, under a lock, before their first trial.
 
 Example:
@@ -24,6 +25,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import logging
 import math
 import os
 import socket
@@ -37,6 +39,7 @@ import keras
 from transferkit._atomic import atomic_path, waiting_lock, write_text_atomic
 from transferkit._distributed_search import (
     WORKER_TIMEOUT,
+    ChiefLink,
     Distributed,
     SearchError,
     deadline_stub,
@@ -52,6 +55,7 @@ from transferkit._freezing import UnfreezeTop
 from transferkit._heads import Head
 from transferkit._model import backbone_of
 from transferkit._phases import FINE_TUNE_PHASE, HEAD_PHASE
+from transferkit._search_state import Recovery, recover, write_atomically
 from transferkit._types import PathLike, Weights
 from transferkit.backbones._registry import BackboneSpec, get_backbone
 from transferkit.data._loaders import ImageData
@@ -59,6 +63,7 @@ from transferkit.data._loaders import ImageData
 if TYPE_CHECKING:
     import keras_tuner
 
+log = logging.getLogger("transferkit")
 TUNERS = ("random", "bayesian", "hyperband")
 MAX_TRIALS = 20
 EPOCHS = 10
@@ -191,6 +196,7 @@ def _tuner_class(kind: str) -> type:
 
         def __init__(self, *, data: ImageData, settings: TrialSettings, cache: FeatureCache,
                      distributed: Distributed | None, worker_timeout: float, **kwargs: Any) -> None:
+            self.recovery = Recovery()  # what reload() repaired in a folder it read back
             super().__init__(**kwargs)
             self._data, self._settings, self._cache = data, settings, cache
             self._distributed, self._worker_timeout = distributed, worker_timeout
@@ -198,13 +204,20 @@ def _tuner_class(kind: str) -> type:
             self.ran: list[dict[str, Any]] = []  # the trials this process ran
             if distributed is not None and not distributed.chief:
                 # keras-tuner's client waits an hour for a chief that is not there (keras-tuner#990)
-                self.oracle.stub = deadline_stub(distributed.address, worker_timeout)
+                link = ChiefLink(distributed.tuner_id, distributed.address, worker_timeout)
+                self.oracle.stub = deadline_stub(distributed.address, worker_timeout, link)
+
+        def reload(self) -> None:
+            super().reload()  # keras-tuner calls it when the folder holds this tuner's saved state
+            if not self._is_worker():  # the oracle is the chief's (or a single process's)
+                self.recovery = recover(self.oracle)
 
         def search(self, *fit_args: object, **fit_kwargs: object) -> None:
             if self._distributed is None or not self._distributed.chief:
                 super().search(*fit_args, **fit_kwargs)
                 return
-            run_chief(self, self._distributed, self._worker_timeout, verbose=fit_kwargs.get("verbose", 1))
+            run_chief(self, self._distributed, self._worker_timeout, verbose=fit_kwargs.get("verbose", 1),
+                      recovery=self.recovery)
 
         def run_trial(self, trial: keras_tuner.engine.trial.Trial, *args: object, **kwargs: object
                       ) -> dict[str, float]:
@@ -350,7 +363,9 @@ def search(
         epochs: Head-training epochs per trial (Hyperband's maximum).
         fine_tune: Also search ``fine_tune_blocks`` and ``fine_tune_learning_rate``
             (two-phase trials; slower, since fine-tuning cannot run on the final features).
-        directory: keras-tuner's folder. With ``overwrite=False`` an interrupted search resumes.
+        directory: keras-tuner's folder. With ``overwrite=False`` an interrupted search resumes: a
+            trial running when it stopped runs again (or, in a distributed search, stays with its
+            worker), and no trial is lost or run twice.
         cache: Share a feature cache (a new in-memory one by default).
         worker_timeout: Distributed search: the chief fails the trial of a worker it has not heard from
             for this many seconds (workers send a heartbeat during trials) and forgets the worker; a
@@ -369,6 +384,7 @@ def search(
         raise ConfigError("overwrite=True deletes the search folder that the other processes of a distributed "
                           "search are using. Start a distributed search in a new directory instead.")
     spec = get_backbone(backbone)
+    write_atomically()  # every file keras-tuner writes in the search folder: whole or not at all
     cls = _tuner_class(tuner)
     budget: dict[str, Any] = ({"max_epochs": epochs, "hyperband_iterations": 1} if tuner == "hyperband" else
                               {"max_trials": max_trials})
@@ -390,6 +406,8 @@ def search(
     if distributed is not None and not distributed.chief:
         run_worker(runner, distributed, worker_timeout)
         return _worker_result(runner.ran, project, settings, distributed, features)
+    if distributed is None and runner.recovery:
+        log.warning("%s", runner.recovery.describe(worker_timeout=None))
     runner.search(verbose=0)
     rows = _all_trials(runner.oracle, project, distributed=distributed is not None)
     if not rows:

@@ -235,6 +235,6 @@ def strategy_from_environment(*, timeout: float = CLUSTER_TIMEOUT) -> tf.distrib
         return tf.distribute.MultiWorkerMirroredStrategy()
     except tf.errors.DeadlineExceededError:
         raise ClusterError(
-            f"This {describe_task(*_me(config), config)} waited {timeout:g} s for the rest of the cluster "
-            f"({others(config)}) and gave up. Start the same command with its TF_CONFIG on every task, within "
+            f"This {describe_task(*_me(config), config)} gave up after waiting {timeout:g} s for the rest of the "
+            f"cluster: {others(config)}. Start the same command with its TF_CONFIG on every task, within "
             "--cluster-timeout seconds of each other.") from None

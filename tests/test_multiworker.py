@@ -36,6 +36,30 @@ def test_a_changed_keras_is_refused_with_the_reason(monkeypatch):
         _multiworker.check_keras()
 
 
+def test_tensorflow_still_has_the_coordination_settings_the_cluster_wait_uses():
+    # _multiworker._coordinate sets these (TensorFlow's own, not public): fails when an upgrade drops them
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+    from tensorflow.python.eager import context
+
+    fields = coordination_config_pb2.CoordinationServiceConfig.DESCRIPTOR.fields_by_name
+    assert {"cluster_register_timeout_in_ms", "cluster_register_with_barrier", "coordinated_job_list"} <= set(fields)
+    assert callable(context.Context.configure_coordination_service)
+    assert isinstance(context.Context.coordination_service, property)
+
+
+def test_the_lost_task_is_named_from_tensorflows_error_and_this_task_is_not():
+    config = {"cluster": {"worker": ["a:1", "b:2", "c:3"]}, "task": {"type": "worker", "index": 0}}
+    import tensorflow as tf
+
+    error = tf.errors.UnavailableError(None, None, "Collective ops is aborted by: The following tasks are unhealthy "
+                                                   "(stopped sending heartbeats):\n/job:worker/replica:0/task:2\n"
+                                                   "reported from /job:worker/replica:0/task:0")
+    message = str(_multiworker.lost_task(error, config))
+    assert message.startswith("Lost worker 2 (c:3) during training; this worker 0 (a:1) stopped too.")
+    unnamed = str(_multiworker.lost_task(tf.errors.UnavailableError(None, None, "socket closed"), config))
+    assert unnamed.startswith("Lost another task of the cluster (worker 1 (b:2), worker 2 (c:3))")
+
+
 def _free_ports(count: int) -> list[int]:
     sockets = [socket.socket() for _ in range(count)]
     try:

@@ -134,7 +134,8 @@ def train_run(tuner: FineTuner, data: ImageData, out: PathLike, *, restart: bool
                                             verbose=verbose, on_start=on_start, cluster=cluster,
                                             timeout=cluster_timeout)
     except CLUSTER_ERRORS as error:
-        assert cluster is not None  # only collectives raise these
+        if cluster is None:
+            raise
         raise lost_task(error, cluster) from None
     finally:
         if not written:

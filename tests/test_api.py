@@ -37,7 +37,8 @@ TOP_LEVEL = {
     "train_run", "RunFolder", "TrainedRun",
     # errors
     "TransferkitError", "BackboneExistsError", "ConfigError", "DataError", "MissingDependencyError",
-    "NotFittedError", "UnknownBackboneError", "WeightsUnavailableError", "RunInUseError", "TrainingDivergedError",
+    "NotFittedError", "UnknownBackboneError", "WeightsUnavailableError", "RunInUseError", "ClusterError",
+    "TrainingDivergedError",
     "__version__",
 }
 

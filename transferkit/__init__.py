@@ -26,6 +26,7 @@ from typing import Any as _Any
 
 from transferkit._errors import (
     BackboneExistsError,
+    ClusterError,
     ConfigError,
     DataError,
     MissingDependencyError,
@@ -72,6 +73,7 @@ __all__ = [
     "BackboneSpec",
     "BestEpoch",
     "Calibration",
+    "ClusterError",
     "ConfigError",
     "DataError",
     "Evaluation",

@@ -19,6 +19,11 @@ already run so the resumed epochs see the same shuffled order as an uninterrupte
 
 Files are written under a temporary name and renamed, ``state.json`` last, so a kill at any
 moment leaves the previous complete checkpoint.
+
+In a multi-worker cluster only the chief's checkpoint counts: :func:`pack` puts its files (not the
+feature cache, which every task extracts itself) into bytes that the chief broadcasts when a run
+starts, and :func:`unpack` writes them into another task's folder, so that every task resumes from
+the same epoch with the same variables.
 """
 
 from __future__ import annotations
@@ -194,6 +199,42 @@ class Checkpoint:
         state = {"format": FORMAT, "fingerprint": self.fingerprint,
                  "stages": [vars(s) for s in self._stages]}
         write_text_atomic(self.directory / STATE_FILE, json.dumps(state, indent=1))
+
+
+def pack(header: dict[str, Any], directory: Path | None = None) -> bytes:
+    """``header`` (JSON-able) and the checkpoint files in ``directory`` (if any) as one byte string."""
+    paths: list[Path] = []
+    if directory is not None and (directory / STATE_FILE).is_file():
+        # state.json last: unpacked last, as it is written last
+        paths = [*sorted(directory.glob("stage-*.npz")), directory / STATE_FILE]
+    contents = [path.read_bytes() for path in paths]
+    index = {"header": header, "files": [[path.name, len(data)] for path, data in zip(paths, contents)]}
+    return json.dumps(index).encode() + b"\n" + b"".join(contents)
+
+
+def unpack(payload: bytes, directory: Path, fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """Write the checkpoint files :func:`pack` put in ``payload`` into ``directory`` (replacing what it
+    held) and return the header.
+
+    ``state.json`` is stamped with ``fingerprint``, this task's own: the task that packed them
+    checked them against its settings and data, and this task's copy of the data may sit at another
+    path or carry other modification times.
+    """
+    first, rest = payload.split(b"\n", 1)
+    index = json.loads(first)
+    if index["files"]:
+        directory.mkdir(parents=True, exist_ok=True)
+        Checkpoint(directory, fingerprint, restart=True)  # clears it
+    offset = 0
+    for name, size in index["files"]:
+        data, offset = rest[offset:offset + size], offset + size
+        if name == STATE_FILE:
+            state = json.loads(data)
+            write_text_atomic(directory / name, json.dumps({**state, "fingerprint": fingerprint}, indent=1))
+        else:
+            with atomic_path(directory / name) as temporary:
+                temporary.write_bytes(data)
+    return dict(index["header"])
 
 
 class EpochRecorder(keras.callbacks.Callback):

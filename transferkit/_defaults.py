@@ -27,6 +27,10 @@ BATCH_SIZE = 32
 VALIDATION_SPLIT = 0.2
 SEED = 0
 
+# multi-worker training: seconds a task waits for the rest of its cluster (to start, or at the
+# points where the tasks meet outside training) before it stops
+CLUSTER_TIMEOUT = 300.0
+
 # search
 TUNERS = ("random", "bayesian", "hyperband")
 MAX_TRIALS = 20

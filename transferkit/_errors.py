@@ -49,6 +49,13 @@ class RunInUseError(TransferkitError, RuntimeError):
     """A run folder that another process is writing (it holds the folder's lock file)."""
 
 
+class ClusterError(TransferkitError, RuntimeError):
+    """A multi-worker cluster (``TF_CONFIG``) that lost a task, or whose tasks did not all start.
+
+    Its message names the task; running the same command on every task again resumes the run.
+    """
+
+
 def closest(value: str, options: Iterable[str], n: int = 3) -> list[str]:
     """Return up to ``n`` options that look like ``value``, best first."""
     options = list(options)

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from transferkit._atomic import RunLock, remove_stale_temporaries
-from transferkit._checkpoint import STATE_FILE
-from transferkit._errors import ConfigError
+from transferkit._checkpoint import STATE_FILE, pack, unpack
+from transferkit._defaults import CLUSTER_TIMEOUT
+from transferkit._errors import ConfigError, TransferkitError
 from transferkit._finetuner import FineTuner
-from transferkit._multiworker import cluster_spec, is_chief
+from transferkit._multiworker import CLUSTER_ERRORS, broadcast, cluster_spec, is_chief, lost_task, others
 from transferkit._types import Callbacks, PathLike, Verbose
 from transferkit.data._loaders import ImageData
 
@@ -60,7 +61,8 @@ def checkpoint_folder(out: PathLike) -> Path:
 
 def train_run(tuner: FineTuner, data: ImageData, out: PathLike, *, restart: bool = False,
               callbacks: Callbacks = (), verbose: Verbose = "auto",
-              on_start: Callable[[str | None], object] | None = None) -> RunFolder:
+              on_start: Callable[[str | None], object] | None = None,
+              cluster_timeout: float = CLUSTER_TIMEOUT) -> RunFolder:
     """Fit ``tuner`` on ``data`` and write the run to ``out``, carrying on where a killed call stopped.
 
     What ``transferkit train`` does with its ``--out`` folder:
@@ -79,7 +81,10 @@ def train_run(tuner: FineTuner, data: ImageData, out: PathLike, *, restart: bool
 
     In a multi-worker cluster (``TF_CONFIG`` naming several tasks, ``tuner`` built with the
     strategy), every worker calls this with the same arguments; only the chief writes ``out``, the
-    others train in step in a scratch folder that is removed afterwards.
+    others train in step in a scratch folder that is removed afterwards. The chief's checkpoint is
+    the cluster's: when a run resumes, the chief sends its files to every task, so they all carry
+    on from the same epoch. A task lost while they train stops the others with
+    :class:`~transferkit.ClusterError`; calling this again on every task resumes.
 
     Args:
         tuner: A new :class:`~transferkit.FineTuner` with the settings of the run (and a ``seed``,
@@ -93,6 +98,8 @@ def train_run(tuner: FineTuner, data: ImageData, out: PathLike, *, restart: bool
         on_start: Called with where the fit carries on (``"fine_tune epoch 2"``, or ``None`` for a
             fresh start) once ``out`` is locked, just before training starts: the place to report
             it.
+        cluster_timeout: In a multi-worker cluster, how many seconds a task waits for the others
+            at the points where they meet outside training (the chief's checkpoint, the end).
 
     Returns:
         A :class:`~transferkit.RunFolder`: the folder, whether this process wrote it, where the
@@ -100,6 +107,7 @@ def train_run(tuner: FineTuner, data: ImageData, out: PathLike, *, restart: bool
 
     Raises:
         RunInUseError: Another process is writing ``out``.
+        ClusterError: A task of the multi-worker cluster was lost, or did not answer in time.
         ConfigError: ``out/checkpoint`` belongs to a fit with other settings or data (give
             ``restart=True``), or ``tuner`` or ``data`` is not what is expected.
 
@@ -123,7 +131,12 @@ def train_run(tuner: FineTuner, data: ImageData, out: PathLike, *, restart: bool
     folder = Path(out) if written else Path(tempfile.mkdtemp(prefix="transferkit-worker-"))
     try:
         resumed_from, metrics = _train_into(tuner, data, folder, restart=restart, callbacks=callbacks,
-                                            verbose=verbose, on_start=on_start)
+                                            verbose=verbose, on_start=on_start, cluster=cluster,
+                                            timeout=cluster_timeout)
+    except CLUSTER_ERRORS as error:
+        if cluster is None:
+            raise
+        raise lost_task(error, cluster) from None
     finally:
         if not written:
             shutil.rmtree(folder, ignore_errors=True)
@@ -131,11 +144,16 @@ def train_run(tuner: FineTuner, data: ImageData, out: PathLike, *, restart: bool
 
 
 def _train_into(tuner: FineTuner, data: ImageData, folder: Path, *, restart: bool, callbacks: Callbacks,
-                verbose: Verbose, on_start: Callable[[str | None], object] | None) -> tuple[str | None, dict[str, Any]]:
+                verbose: Verbose, on_start: Callable[[str | None], object] | None, cluster: dict[str, Any] | None,
+                timeout: float) -> tuple[str | None, dict[str, Any]]:
     with RunLock(folder):
         remove_stale_temporaries(folder)  # every temporary in a folder we hold belongs to a writer that died
         checkpoint = checkpoint_folder(folder)
-        resumed_from = None if restart else tuner.resume_point(checkpoint, data)
+        if cluster is None:
+            resumed_from = None if restart else tuner.resume_point(checkpoint, data)
+        else:
+            resumed_from = _chiefs_checkpoint(tuner, data, checkpoint, restart=restart, cluster=cluster,
+                                              timeout=timeout)
         if resumed_from is not None:
             log.info("Resuming from %s (checkpoint in %s)", resumed_from, checkpoint)
         if on_start is not None:
@@ -145,4 +163,46 @@ def _train_into(tuner: FineTuner, data: ImageData, folder: Path, *, restart: boo
         metrics = tuner.write_report(data, folder)
         (checkpoint / STATE_FILE).unlink(missing_ok=True)  # first: a kill while deleting leaves no stale state
         shutil.rmtree(checkpoint, ignore_errors=True)
+        if cluster is not None:
+            _written_by_chief(cluster, timeout)
     return resumed_from, metrics
+
+
+def _written_by_chief(cluster: dict[str, Any], timeout: float) -> None:
+    """The others end only once the chief has written the run: a chief lost while writing it is an
+    error on every task (the rerun resumes from its checkpoint). The chief's run is written by
+    then, whatever became of the others."""
+    if not is_chief(cluster):
+        broadcast(None, cluster, timeout=timeout)
+        return
+    try:
+        broadcast(b"written", cluster, timeout=timeout)
+    except CLUSTER_ERRORS:
+        log.warning("The rest of the cluster (%s) was lost after the chief wrote the run; the run is complete.",
+                    others(cluster))
+
+
+def _chiefs_checkpoint(tuner: FineTuner, data: ImageData, checkpoint: Path, *, restart: bool,
+                       cluster: dict[str, Any], timeout: float) -> str | None:
+    """Give every task of the cluster the chief's checkpoint, and return where the fit resumes.
+
+    The chief checks its checkpoint against the settings and data (a refusal is sent to the
+    others too, so that none waits for a chief that has stopped) and broadcasts its files; the
+    others write them into their own checkpoint folder. The chief's files are the truth: a worker
+    that had a checkpoint of its own (its scratch folder is new on every start) could not know
+    whether it is the chief's.
+    """
+    if is_chief(cluster):
+        try:
+            resumed_from = None if restart else tuner.resume_point(checkpoint, data)
+        except TransferkitError as error:
+            broadcast(pack({"refused": str(error)}), cluster, timeout=timeout)
+            raise
+        shared = checkpoint if resumed_from is not None else None
+        broadcast(pack({"resumed_from": resumed_from}, shared), cluster, timeout=timeout)
+        return resumed_from
+    # stamped with this worker's own fingerprint of the settings and data (the chief checked its own)
+    header = unpack(broadcast(None, cluster, timeout=timeout), checkpoint, tuner._fingerprint(data, None))
+    if "refused" in header:
+        raise ConfigError(f"The chief stopped: {header['refused']}")
+    return header["resumed_from"]  # type: ignore[no-any-return]

@@ -10,6 +10,7 @@ import argparse
 
 from transferkit._defaults import (
     BATCH_SIZE,
+    CLUSTER_TIMEOUT,
     DEFAULT_BACKBONE,
     DEMO_IMAGE_SIZE,
     DEMO_PER_CLASS,
@@ -210,6 +211,10 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="folder for the model, labels, metrics and plots (default: run); running the "
                                  "same command again after a kill resumes from the last epoch")
     p.add_argument("--restart", action="store_true", help="start over instead of resuming an interrupted run")
+    p.add_argument("--cluster-timeout", type=float, metavar="SECONDS",
+                   help="with TF_CONFIG naming a cluster: how long a worker waits for the others to start (and at "
+                        f"the other points where they meet outside training) before it stops (default: "
+                        f"{CLUSTER_TIMEOUT:g})")
     p.add_argument("--cache", metavar="DIR", help="keep the head phase's backbone features in this folder and "
                                                   "load them from it (filled by an earlier run or by `transferkit "
                                                   "extract`; default: they last as long as the run)")

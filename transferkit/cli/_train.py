@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from transferkit._defaults import DEFAULT_BACKBONE
+from transferkit._defaults import CLUSTER_TIMEOUT, DEFAULT_BACKBONE
 from transferkit.cli._features import feature_cache, features_line, head_feature_sets, images
 from transferkit.cli._options import UsageError, flag, train_options, weights
 from transferkit.cli._recipe import finetuner_options, phases_from_options
@@ -38,14 +38,21 @@ def pipeline_options(options: dict[str, Any], spec: BackboneSpec) -> dict[str, A
 
 def train(args: argparse.Namespace) -> int:
     import transferkit as tk
-    from transferkit._multiworker import cluster_spec, is_chief, strategy_from_environment
+    from transferkit._multiworker import cluster_spec, describe_task, is_chief, others, strategy_from_environment
     from transferkit._run_folder import checkpoint_folder
 
     o = train_options(args)
     # TF_CONFIG naming a cluster: every worker runs this command; the strategy comes first, before
     # TensorFlow runs anything else, and only the chief writes RUN_DIR (train_run sees to that)
     cluster = cluster_spec()
-    strategy = strategy_from_environment() if cluster is not None else None
+    timeout = args.cluster_timeout if args.cluster_timeout is not None else CLUSTER_TIMEOUT
+    if cluster is not None:
+        if timeout <= 0:
+            raise UsageError(f"--cluster-timeout {args.cluster_timeout:g}: give a number of seconds above 0.")
+        me = describe_task(cluster["task"]["type"], int(cluster["task"]["index"]), cluster)
+        print(f"Multi-worker training (TF_CONFIG): {me} waits up to {timeout:g} s for the rest of the cluster: "
+              f"{others(cluster)}", flush=True)
+    strategy = strategy_from_environment(timeout=timeout) if cluster is not None else None
     chief = cluster is None or is_chief(cluster)
     cache = feature_cache(o["cache"]) if o["cache"] is not None else None
     # the phases and settings first: a bad value is reported before the images are scanned
@@ -64,12 +71,14 @@ def train(args: argparse.Namespace) -> int:
 
     def starting(resumed_from: str | None) -> None:
         # the run folder is locked now: say where the fit starts, then what it trains on
-        if resumed_from is not None:
+        if resumed_from is not None and chief:
             print(f"Resuming from {resumed_from} (checkpoint in {checkpoint_folder(o['out'])}; --restart starts "
                   "over)")
+        elif resumed_from is not None:
+            print(f"Resuming from {resumed_from}, as the chief does (from the chief's checkpoint)")
         _describe_training(tuner, spec, data, cache, o, head_phase)
 
-    run = tk.train_run(tuner, data, o["out"], restart=args.restart, on_start=starting)
+    run = tk.train_run(tuner, data, o["out"], restart=args.restart, on_start=starting, cluster_timeout=timeout)
     _describe_result(tuner, run.metrics)
     print(f"Saved the model, metrics.json and plots to {run.path}" if run.written
           else "Done; the chief saved the run.")

@@ -28,6 +28,12 @@ Every `transferkit review` is a whole command (`python -m transferkit.cli review
               prune by noise rate (both on the solved head's out-of-fold probabilities) and of cleanlab
               as in `labels`. `--flip-offset K` draws the flips with seed K + the subset's seed: the
               default share 0.3 was chosen with offset 0 and checked with offset 100.
+  leaks       (not in the default run) in process: 80 Fashion-MNIST images of the first subset copied
+              with edits (as in `duplicates`) among its 1,000 test images, and 40 stamps5 photos of a
+              random half copied with edits (exact, JPEG 75, halved, cropped by 5 % a side) beside the
+              other half; how many copies the 0.90 threshold alone finds across the two sets, how
+              many the leak rule finds (`transferkit._review._duplicates.leaks`), and how many other
+              images of the second set each pairs with an image of the first.
   duplicates  20 images of the first Fashion-MNIST subset copied into a "test" folder of 1,000 other
               images with edits (5 each: exact copy, JPEG quality 75, resized to 75 % / 200 %, cropped
               by 1 pixel of 28 on each side), then `review TRAIN --against TEST`: recall of the
@@ -51,6 +57,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -271,6 +278,71 @@ def rules_part(datasets: list[tuple[str, tk.ImageFiles, int, int]], rates: list[
     return table
 
 
+def leaks_part(tmp: Path, train: Path, test: Path) -> list[dict]:
+    """In process: planted copies across two sets found by the threshold alone and by the leak rule."""
+    from transferkit._review._duplicates import leaks, near_duplicates
+
+    rows = []
+    # Fashion-MNIST: 80 edited copies of training images beside the 1,000 test images
+    files, others = tk.scan_folder(train), tk.scan_folder(test)
+    chosen = np.random.default_rng(7).choice(len(files), 80, replace=False)
+    planted_dir = tmp / "leaks_fashion"
+    sources = {}
+    for n, i in enumerate(chosen):
+        edit = ("copy", "jpeg75", "resize", "crop")[n % 4]
+        target = edit_copy(Path(files.paths[i]), planted_dir / ("b" if n % 2 else "a"), edit, n)
+        sources[target.name] = int(i)
+    planted = tk.scan_folder(planted_dir)
+    a = features_of(files, 96)
+    b = np.concatenate([features_of(planted, 96), features_of(others, 96)])
+    truth = {(sources[Path(p).name], k) for k, p in enumerate(planted.paths)}
+    rows.append(leak_row("Fashion-MNIST, 28 px", a, b, truth, len(planted), leaks, near_duplicates))
+    # stamps5: 40 edited copies of photos of one random half beside the other half
+    stamps = tk.scan_folder(STAMPS5)
+    order = np.random.default_rng(3).permutation(len(stamps))
+    first, second = order[:84], order[84:]
+    stamps_dir = tmp / "leaks_stamps"
+    sources = {}
+    for n, i in enumerate(first[:40]):
+        edit = ("copy", "jpeg75", "half", "crop5")[n % 4]
+        rgba = Image.open(stamps.paths[i]).convert("RGBA")
+        image = Image.new("RGB", rgba.size, (255, 255, 255))  # on white, as transferkit reads transparent images
+        image.paste(rgba, mask=rgba.split()[3])
+        folder = stamps_dir / ("b" if n % 2 else "a")
+        folder.mkdir(parents=True, exist_ok=True)
+        w, h = image.size
+        if edit == "jpeg75":
+            target = folder / f"{n}.jpg"
+            image.save(target, quality=75)
+        else:
+            target = folder / f"{n}.png"
+            if edit == "half":
+                image = image.resize((max(1, w // 2), max(1, h // 2)), Image.BICUBIC)
+            elif edit == "crop5":
+                image = image.crop((w // 20, h // 20, w - w // 20, h - h // 20))
+            image.save(target)
+        sources[target.name] = n
+    planted = tk.scan_folder(stamps_dir)
+    everything = features_of(stamps, 224)
+    a = everything[first]
+    b = np.concatenate([features_of(planted, 224), everything[second]])
+    truth = {(sources[Path(p).name], k) for k, p in enumerate(planted.paths)}
+    rows.append(leak_row("stamps5", a, b, truth, len(planted), leaks, near_duplicates))
+    return rows
+
+
+def leak_row(name: str, a: np.ndarray, b: np.ndarray, truth: set, planted: int, leaks: Any,
+             near_duplicates: Any) -> dict:
+    threshold_only = {(i, j) for i, j, _ in near_duplicates(a, b)}
+    rule = {(i, j) for i, j, _ in leaks(a, b)}
+    row = {"data": name, "planted": planted, "others": len(b) - planted,
+           "found at 0.90": len(truth & threshold_only), "found by the leak rule": len(truth & rule),
+           "others paired at 0.90": len({j for _, j in threshold_only if j >= planted}),
+           "others paired by the rule": len({j for _, j in rule if j >= planted})}
+    print(row, flush=True)
+    return row
+
+
 def edit_copy(source: Path, target_dir: Path, edit: str, number: int) -> Path:
     image = Image.open(source).convert("L")
     target_dir.mkdir(parents=True, exist_ok=True)
@@ -391,12 +463,13 @@ def timing_part(tmp: Path, sizes: list[int], results: list[dict]) -> list[dict]:
     return rows
 
 
-PARTS = ("labels", "swap", "rules", "duplicates", "training", "timing")
+PARTS = ("labels", "swap", "rules", "leaks", "duplicates", "training", "timing")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", nargs="+", default=[p for p in PARTS if p not in ("swap", "rules")], choices=PARTS)
+    parser.add_argument("--parts", nargs="+", choices=PARTS,
+                        default=[p for p in PARTS if p not in ("swap", "rules", "leaks")])
     parser.add_argument("--per-class", type=int, default=100, help="Fashion-MNIST images a class (default 100)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="Fashion-MNIST subsets and flips")
     parser.add_argument("--stamps-seeds", type=int, nargs="+", default=[1, 2], help="flip draws on stamps5")
@@ -443,6 +516,10 @@ def main() -> int:
             tables.append((f"Rules, in process, pooled over the draws (flip offset {args.flip_offset}): "
                            "precision / recall", rows, list(rows[0])))
         first = args.seeds[0]
+        if "leaks" in args.parts:
+            rows = leaks_part(tmp, tasks[first][0], tasks[first][1])
+            payload["leaks"] = rows
+            tables.append(("Planted copies across two sets, in process", rows, list(rows[0])))
         if "duplicates" in args.parts:
             results_d: dict = {}
             rows = duplicates_part(tmp, tasks[first][0], tasks[first][1], results_d)

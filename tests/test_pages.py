@@ -277,8 +277,8 @@ def test_review_page_decisions_download_as_csv(browser, reviewed, tmp_path):
         [str(data / "blue" / "1.png"), "remove", ""], [str(data / "green" / "3.png"), "keep", ""]]
 
     # the review's own reader takes it as it is
-    apply = pytest.importorskip("transferkit._review._apply")
-    plan = apply.plan_decisions(saved, data)
+    planning = pytest.importorskip("transferkit._review._plan")
+    plan = planning.plan_decisions(saved, data)
     assert sorted((a.kind, Path(a.source).name, a.label) for a in plan.actions) == [
         ("move", ODD_NAME, "blue"), ("quarantine", "1.png", None)]
 

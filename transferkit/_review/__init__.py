@@ -13,7 +13,8 @@ Example:
     >>> apply_plan(plan_decisions("review/decisions.csv", "photos/"))
 """
 
-from transferkit._review._apply import Plan, apply_plan, plan_decisions, undo_decisions
+from transferkit._review._apply import apply_plan, undo_decisions
 from transferkit._review._find import Review, review
+from transferkit._review._plan import Plan, plan_decisions
 
 __all__ = ["Plan", "Review", "apply_plan", "plan_decisions", "review", "undo_decisions"]

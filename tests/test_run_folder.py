@@ -95,13 +95,16 @@ def test_a_second_train_run_on_the_folder_is_refused_while_the_first_holds_it(im
     assert (out / "model.keras").is_file()  # the first one carried on
 
 
-def test_a_worker_other_than_the_chief_keeps_nothing(image_folder, tmp_path, monkeypatch):
-    # every task of a multi-worker cluster calls train_run; only the chief writes the folder
-    cluster = {"cluster": {"worker": ["localhost:1", "localhost:2"]}, "task": {"type": "worker", "index": 1}}
+@pytest.mark.parametrize("index", [0, 1])
+def test_a_cluster_task_without_the_clusters_strategy_is_refused_and_writes_nothing(image_folder, tmp_path,
+                                                                                   monkeypatch, index):
+    # every task of a multi-worker cluster calls train_run, in step with the others through the
+    # strategy (tests/test_multiworker.py runs real clusters); without it each would train alone
+    cluster = {"cluster": {"worker": ["localhost:1", "localhost:2"]}, "task": {"type": "worker", "index": index}}
     monkeypatch.setenv("TF_CONFIG", json.dumps(cluster))
     out = tmp_path / "run"
-    run = tk.train_run(_tuner(), _data(image_folder), out, verbose=0)
-    assert not run.written and run.path == out and "validation" in run.metrics
+    with pytest.raises(tk.ConfigError, match="TF_CONFIG names a cluster, but this FineTuner does not train with"):
+        tk.train_run(_tuner(), _data(image_folder), out, verbose=0)
     assert not out.exists()
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tensorflow as tf
+
 from transferkit._atomic import RunLock, remove_stale_temporaries
 from transferkit._checkpoint import STATE_FILE, pack, unpack
 from transferkit._defaults import CLUSTER_TIMEOUT
@@ -125,6 +127,13 @@ def train_run(tuner: FineTuner, data: ImageData, out: PathLike, *, restart: bool
         raise ConfigError("Expected data to be a transferkit.ImageData (from transferkit.load_folder or another "
                           f"loader), whose validation split the report evaluates on. Received: data={data!r}.")
     cluster = cluster_spec()
+    if cluster is not None and not isinstance(tuner.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        raise ConfigError(
+            "TF_CONFIG names a cluster, but this FineTuner does not train with its MultiWorkerMirroredStrategy: every "
+            "task would train alone. Create the strategy first thing in the program (strategy = "
+            "transferkit._multiworker.strategy_from_environment(), or tf.distribute.MultiWorkerMirroredStrategy()) "
+            "and pass it: FineTuner(..., distribute=strategy); or run `transferkit train`, which does both; or unset "
+            "TF_CONFIG to train in one process.")
     written = cluster is None or is_chief(cluster)
     # a worker other than the chief runs every step the chief runs (they train in step), in a
     # folder of its own that nobody reads

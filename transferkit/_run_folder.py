@@ -130,10 +130,8 @@ def train_run(tuner: FineTuner, data: ImageData, out: PathLike, *, restart: bool
     if cluster is not None and not isinstance(tuner.strategy, tf.distribute.MultiWorkerMirroredStrategy):
         raise ConfigError(
             "TF_CONFIG names a cluster, but this FineTuner does not train with its MultiWorkerMirroredStrategy: every "
-            "task would train alone. Create the strategy first thing in the program (strategy = "
-            "transferkit._multiworker.strategy_from_environment(), or tf.distribute.MultiWorkerMirroredStrategy()) "
-            "and pass it: FineTuner(..., distribute=strategy); or run `transferkit train`, which does both; or unset "
-            "TF_CONFIG to train in one process.")
+            "task would train alone. Run `transferkit train` with that TF_CONFIG on every task (it creates the "
+            "strategy before anything else and trains with it), or unset TF_CONFIG to train in one process.")
     written = cluster is None or is_chief(cluster)
     # a worker other than the chief runs every step the chief runs (they train in step), in a
     # folder of its own that nobody reads

@@ -217,6 +217,26 @@ def test_the_chief_killed_while_fine_tuning_stops_the_worker_with_one_line(photo
     assert (tmp_path / "run" / "checkpoint" / "state.json").is_file()
 
 
+def test_a_checkpoint_the_chief_refuses_stops_every_worker_with_the_chiefs_reason(photos, tmp_path):
+    ports = _free_ports(2)
+    run = tmp_path / "run"
+    first = _cluster(["train", str(photos), *TRAIN, "--out", str(run)], ports, kill_at={1: "fine_tune:1"})
+    assert [code for code, *_ in first] == [2, -9], first[0][2][-2000:]
+    # started again with other settings: the chief refuses its checkpoint, and tells the worker,
+    # which would otherwise wait for a chief that has stopped
+    changed = [("0.02" if value == "0.01" else value) for value in TRAIN]
+    started = time.monotonic()
+    (chief, _, chief_err, _), (worker, _, worker_err, _) = _cluster(
+        ["train", str(photos), *changed, "--out", str(run)], ports)
+    assert time.monotonic() - started < 120
+    assert chief == 2 and worker == 2, (chief_err[-2000:], worker_err[-2000:])
+    [chief_line] = _errors(chief_err)
+    [worker_line] = _errors(worker_err)
+    assert "holds the checkpoint of a run with other settings or data" in chief_line and "--restart" in chief_line
+    assert worker_line.startswith("error: The chief stopped: ") and chief_line.removeprefix("error: ") in worker_line
+    assert (run / "checkpoint" / "state.json").is_file() and not (run / "model.keras").exists()  # nothing lost
+
+
 @pytest.mark.parametrize("index", [0, 1])
 def test_a_worker_started_alone_waits_for_the_cluster_then_stops_with_one_line(photos, tmp_path, index):
     ports = _free_ports(2)

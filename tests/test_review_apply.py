@@ -20,7 +20,8 @@ from conftest import color_image
 from transferkit._errors import DataError
 from transferkit._review import _apply
 from transferkit._review._apply import apply_plan, undo_decisions
-from transferkit._review._plan import Action, Plan, plan_decisions
+from transferkit._review._changes import Action, Plan
+from transferkit._review._plan import plan_decisions
 from transferkit.data._sources import read_csv, scan_folder
 
 COLORS = {"blue": (30, 40, 220), "green": (40, 200, 40), "red": (220, 30, 30)}

@@ -14,7 +14,8 @@ Example:
 """
 
 from transferkit._review._apply import apply_plan, undo_decisions
+from transferkit._review._changes import Plan
 from transferkit._review._find import Review, review
-from transferkit._review._plan import Plan, plan_decisions
+from transferkit._review._plan import plan_decisions
 
 __all__ = ["Plan", "Review", "apply_plan", "plan_decisions", "review", "undo_decisions"]

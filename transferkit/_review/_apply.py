@@ -1,7 +1,7 @@
 """Carrying out a planned review's decisions on a dataset — recorded first, reversible, never deleting.
 
 :func:`~transferkit._review._plan.plan_decisions` checks ``decisions.csv`` against the data and
-returns a :class:`~transferkit._review._plan.Plan`; :func:`apply_plan` makes its changes;
+returns a :class:`~transferkit._review._changes.Plan`; :func:`apply_plan` makes its changes;
 :func:`undo_decisions` puts them back.
 
 On disk, beside the data (``DATA.review/`` for a folder, ``<csv stem>.review/`` for a CSV)::
@@ -27,16 +27,15 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from transferkit._atomic import _sync_directory, write_bytes_atomic, write_text_atomic
+from transferkit._atomic import _sync_directory, write_bytes_atomic
 from transferkit._errors import DataError
-from transferkit._review._plan import (
+from transferkit._review._changes import (
     LOG_FORMAT,
     QUARANTINE,
     UNDO_LOG,
@@ -44,37 +43,21 @@ from transferkit._review._plan import (
     Plan,
     _action,
     _check_same_decisions,
-    _data_target,
+    _entry,
     _from_log,
     _read_log,
-    _rewrite_csv,
     _sha256,
+    _to_log,
+    _write_log,
     review_dir,
 )
+from transferkit._review._plan import _data_target, _rewrite_csv
 from transferkit._types import PathLike
 from transferkit.data._images import printable
 
 __all__ = ["apply_plan", "undo_decisions"]
 
 log = logging.getLogger("transferkit")
-
-
-# --- writing the undo log ----------------------------------------------------------------------
-
-
-def _write_log(path: Path, record: dict[str, Any]) -> None:
-    # ensure_ascii: a file name that is not UTF-8 (lone surrogates) survives the round trip
-    write_text_atomic(path, json.dumps(record, indent=1, ensure_ascii=True) + "\n")
-
-
-def _to_log(path: Path | None, base: Path) -> str | None:
-    return None if path is None else os.path.relpath(path, base)
-
-
-def _entry(action: Action, base: Path, state: str) -> dict[str, Any]:
-    return {"kind": action.kind, "source": _to_log(action.source, base),
-            "destination": _to_log(action.destination, base), "label": action.label,
-            "old_label": action.old_label, "line": action.line, "rows": list(action.rows), "state": state}
 
 
 # --- applying and undoing ----------------------------------------------------------------------

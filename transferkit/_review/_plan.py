@@ -4,8 +4,8 @@ A person marks each listed image keep / relabel / remove on the review page and 
 ``decisions.csv`` (``path,decision,label``). :func:`plan_decisions` reads it against the data — a
 class folder ``DATA/<class>/<image>`` or a CSV file of ``path,label`` rows, read as
 :func:`~transferkit.data._sources.read_csv` reads it — and checks every row before anything is
-touched; the :class:`Plan` it returns is what :func:`~transferkit._review._apply.apply_plan` carries
-out. Nothing here changes the data.
+touched; the :class:`~transferkit._review._changes.Plan` it returns is what
+:func:`~transferkit._review._apply.apply_plan` carries out. Nothing here changes the data.
 
 What a decision does:
 
@@ -28,123 +28,35 @@ Example:
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
-import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from transferkit._errors import DataError, did_you_mean
+from transferkit._review._changes import (
+    QUARANTINE,
+    UNDO_LOG,
+    Action,
+    Plan,
+    _check_same_decisions,
+    _plan_from_log,
+    _read_log,
+    _sha256,
+    review_dir,
+)
 from transferkit._types import PathLike
 from transferkit.data._images import printable
 
-__all__ = ["Action", "Plan", "plan_decisions"]
+__all__ = ["plan_decisions"]
 
 DECISIONS = ("keep", "relabel", "remove")
 """The values of ``decisions.csv``'s ``decision`` column."""
 
-ACTION_KINDS = ("move", "relabel_row", "quarantine")
-REVIEW_SUFFIX = ".review"
-QUARANTINE = "quarantine"
-UNDO_LOG = "undo.json"
-LOG_FORMAT = 1
 _ELSEWHERE = "_elsewhere"  # quarantine sub-folder for a CSV's images outside the CSV's folder
 _BOM = b"\xef\xbb\xbf"
 _SHOWN = 50  # problems listed in one error
-
-
-@dataclass(frozen=True)
-class Action:
-    """One change a decision asks for.
-
-    Attributes:
-        kind: ``"move"`` (relabel in a class folder: the file goes to another class folder),
-            ``"relabel_row"`` (relabel in a CSV: the label cell of ``rows`` is rewritten) or
-            ``"quarantine"`` (remove: the file goes to the quarantine folder; in a CSV, ``rows``
-            are dropped too).
-        source: The image file (absolute).
-        destination: Where the file goes (``move``, ``quarantine``); ``None`` for ``relabel_row``.
-        label: The new class (``move``, ``relabel_row``); ``None`` for ``quarantine``.
-        old_label: The class the image had.
-        line: The line of ``decisions.csv`` that asked for it.
-        rows: CSV data: the line numbers of the CSV rows that list the image (as ``read_csv``
-            numbers them); empty for a class folder.
-        table: CSV data: the CSV file; ``None`` for a class folder.
-    """
-
-    kind: str
-    source: Path
-    destination: Path | None = None
-    label: str | None = None
-    old_label: str = ""
-    line: int = 0
-    rows: tuple[int, ...] = ()
-    table: Path | None = None
-
-    def describe(self) -> str:
-        """One line saying what the action does, for a person to check before applying."""
-        source = printable(str(self.source))
-        rows = f"row{'s' if len(self.rows) > 1 else ''} {', '.join(str(r) for r in self.rows)}"
-        table = printable(self.table.name) if self.table is not None else ""
-        if self.kind == "move":
-            return (f"relabel {source}: {self.old_label!r} -> {self.label!r}, "
-                    f"moved to {printable(str(self.destination))}")
-        if self.kind == "relabel_row":
-            return f"relabel {source}: {self.old_label!r} -> {self.label!r} ({rows} of {table})"
-        dropped = f", {rows} dropped from {table}" if self.table is not None else ""
-        return f"remove {source} (labelled {self.old_label!r}): moved to {printable(str(self.destination))}{dropped}"
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What :func:`apply_plan` will do to the data, checked in full.
-
-    Attributes:
-        decisions: The decisions file (absolute).
-        data: The class folder or CSV file (absolute).
-        kind: ``"folder"`` or ``"csv"``.
-        actions: The changes still to make, in order (``keep`` rows make none).
-        done: Changes an earlier, interrupted or finished, apply of the same decisions already made
-            (read from its undo log); :func:`apply_plan` leaves them alone.
-        kept: How many distinct images the decisions keep.
-        decisions_sha256: Hash of the decisions file: the undo log is tied to it.
-        csv_sha256: CSV data: hash of the CSV's bytes when planned (``None`` for a folder).
-    """
-
-    decisions: Path
-    data: Path
-    kind: str
-    actions: tuple[Action, ...]
-    done: tuple[Action, ...] = ()
-    kept: int = 0
-    decisions_sha256: str = ""
-    csv_sha256: str | None = None
-
-    @property
-    def review_dir(self) -> Path:
-        """``<DATA>.review`` (or ``<csv stem>.review``), beside the data."""
-        return review_dir(self.data, self.kind)
-
-    @property
-    def undo_log(self) -> Path:
-        return self.review_dir / UNDO_LOG
-
-    def describe(self) -> list[str]:
-        """One line per action still to make, then a line on what is already done or kept."""
-        lines = [a.describe() for a in self.actions]
-        if self.done:
-            lines.append(f"({len(self.done)} change(s) already made by an earlier apply of these decisions)")
-        if not self.actions:
-            lines.append("Nothing to change.")
-        return lines
-
-
-def review_dir(data: Path, kind: str) -> Path:
-    """The folder beside the data that holds the quarantine and the undo log."""
-    return data.parent / f"{data.name if kind == 'folder' else data.stem}{REVIEW_SUFFIX}"
 
 
 def _data_target(data: PathLike) -> tuple[Path, str]:
@@ -158,10 +70,6 @@ def _data_target(data: PathLike) -> tuple[Path, str]:
         return path, "csv"
     raise DataError(f"Data {printable(str(data))!r} does not exist. Pass the class folder or the CSV file the "
                     "review was made of.")
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 # --- reading CSV files -------------------------------------------------------------------------
@@ -412,15 +320,9 @@ def _plan_folder(root: Path, rows: list[_Decision], checker: _Checker) -> tuple[
         if not _exists(checker, row, source):
             continue
         if decision == "relabel":
-            if row.label not in classes:
-                hint = did_you_mean(row.label, classes)
-                checker.add(row.line, f"unknown class {row.label!r} for {printable(str(relative))}.{hint} "
-                                      f"Classes: {', '.join(repr(printable(c)) for c in classes)}. A relabel moves the "
-                                      "image into an existing class folder: create it first for a new class.")
-                continue
-            if row.label == old:
-                checker.add(row.line, f"{printable(str(relative))} is already in class {row.label!r}; "
-                                      "decide 'keep' or give another class.")
+            if _relabel_refused(checker, row, printable(str(relative)), classes, listing="Classes",
+                                new_class="A relabel moves the image into an existing class folder: create it first "
+                                          "for a new class.", already=row.label == old, already_as="in class"):
                 continue
             destination = root / row.label / source.name
             if checker.destination(row.line, source, destination):
@@ -430,6 +332,20 @@ def _plan_folder(root: Path, rows: list[_Decision], checker: _Checker) -> tuple[
             if checker.destination(row.line, source, destination):
                 actions.append(Action("quarantine", source, destination, None, old, row.line))
     return actions, kept
+
+
+def _relabel_refused(checker: _Checker, row: _Decision, shown: str, known: Sequence[str], *, listing: str,
+                     new_class: str, already: bool, already_as: str) -> bool:
+    """Whether a relabel row is refused, a problem recorded against it: a class not among ``known``, or
+    the class the image already has."""
+    if row.label not in known:
+        checker.add(row.line, f"unknown class {row.label!r} for {shown}.{did_you_mean(row.label, known)} "
+                              f"{listing}: {', '.join(repr(printable(c)) for c in known)}. {new_class}")
+        return True
+    if already:
+        checker.add(row.line, f"{shown} is already {already_as} {row.label!r}; decide 'keep' or give another class.")
+        return True
+    return False
 
 
 def _exists(checker: _Checker, row: _Decision, source: Path) -> bool:
@@ -474,15 +390,9 @@ def _plan_csv(table: Path, rows: list[_Decision], checker: _Checker) -> tuple[li
         if not _exists(checker, row, source):
             continue
         if decision == "relabel":
-            if row.label not in labels:
-                hint = did_you_mean(row.label, labels)
-                checker.add(row.line, f"unknown class {row.label!r} for {printable(row.path)}.{hint} "
-                                      f"Classes in the CSV: {', '.join(repr(c) for c in labels)}. Add a row of the "
-                                      "new class by hand first if it is a new class.")
-                continue
-            if all(label == row.label for _, label, _ in entries):
-                checker.add(row.line, f"{printable(row.path)} is already labelled {row.label!r}; "
-                                      "decide 'keep' or give another class.")
+            if _relabel_refused(checker, row, printable(row.path), labels, listing="Classes in the CSV",
+                                new_class="Add a row of the new class by hand first if it is a new class.",
+                                already=all(label == row.label for _, label, _ in entries), already_as="labelled"):
                 continue
             actions.append(Action("relabel_row", source, None, row.label, old, row.line, lines, table))
         else:
@@ -535,70 +445,3 @@ def plan_decisions(decisions_csv: PathLike, data: PathLike) -> Plan:
     checker.raise_if_any(decisions)
     csv_sha = _sha256(root.read_bytes()) if kind == "csv" else None
     return Plan(decisions, root, kind, tuple(actions), (), kept, digest, csv_sha)
-
-
-# --- an earlier apply's undo log, read back ----------------------------------------------------
-
-
-def _read_log(path: Path) -> dict[str, Any]:
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise DataError(f"The undo log {printable(str(path))!r} cannot be read ({error}). It was written by "
-                        "transferkit review; restore it, or put the listed files back by hand.") from None
-    if not isinstance(record, dict) or record.get("format") != LOG_FORMAT or not isinstance(record.get("actions"),
-                                                                                           list):
-        raise DataError(f"{printable(str(path))!r} is not an undo log of this transferkit version "
-                        f"(expected format {LOG_FORMAT}).")
-    return record
-
-
-def _check_same_decisions(record: dict[str, Any], digest: str, log_path: Path) -> None:
-    if record.get("decisions_sha256") == digest and record.get("state") != "undoing":
-        return
-    if record.get("state") == "undoing":
-        why = "an undo that did not finish"
-        fix = "Run undo again to finish it, then apply."
-    else:
-        why = "changes made from other decisions" + (" (an apply that did not finish)"
-                                                     if record.get("state") != "applied" else "")
-        fix = ("Undo them first (transferkit review DATA --undo), or keep them for good by deleting the undo log "
-               "(the quarantined images stay where they are).")
-    raise DataError(f"{printable(str(log_path))!r} records {why}. {fix}")
-
-
-def _from_log(text: str | None, base: Path) -> Path | None:
-    return None if text is None else Path(os.path.normpath(base / text))
-
-
-def _action(entry: dict[str, Any], base: Path, table: Path | None) -> Action:
-    source = _from_log(entry["source"], base)
-    if source is None:
-        raise DataError(f"The undo log under {str(base)!r} has an entry without a source; it was not written by "
-                        "transferkit review. Move it away to start afresh.")
-    return Action(entry["kind"], source, _from_log(entry.get("destination"), base),
-                  entry.get("label"), entry.get("old_label", ""), int(entry.get("line", 0)),
-                  tuple(entry.get("rows", ())), table)
-
-
-def _moved(action: Action) -> bool:
-    """Whether a move was made: its source is gone and its destination present."""
-    assert action.destination is not None
-    return not os.path.lexists(action.source) and os.path.lexists(action.destination)
-
-
-def _plan_from_log(record: dict[str, Any], decisions: Path, root: Path, kind: str, digest: str) -> Plan:
-    base = root.parent
-    table = root if kind == "csv" else None
-    csv_done = False
-    if kind == "csv" and record.get("csv"):
-        csv_done = record["csv"]["state"] == "done" or _sha256(root.read_bytes()) == record["csv"]["after_sha256"]
-    done: list[Action] = []
-    left: list[Action] = []
-    for entry in record["actions"]:
-        action = _action(entry, base, table)
-        finished = entry["state"] == "done" or (csv_done if action.kind == "relabel_row" else _moved(action))
-        (done if finished else left).append(action)
-    csv_sha = _sha256(root.read_bytes()) if kind == "csv" else None
-    return Plan(decisions, root, kind, tuple(left), tuple(done), int(record.get("kept", 0)), digest, csv_sha)
-

@@ -9,7 +9,8 @@ Every `transferkit review` is a whole command (`python -m transferkit.cli review
 
   labels      label errors planted in Fashion-MNIST subsets (`--per-class` images a class from images
               50,000–59,999 of ../shared's training file, 96 px; one subset per `--seeds`) and in
-              stamps5 (167 photos, 224 px; one flip draw per `--stamps-seeds`): a share `--rates` of
+              stamps5 (167 photos, 224 px; one flip draw per `--stamps-seeds`) and, with
+              `--digits-seeds`, scikit-learn's digits (1,700 images, 96 px): a share `--rates` of
               the images, drawn uniformly at random (seeded), moved to another class drawn uniformly.
               The command is run with each `--rankings` (default both: `self_confidence` and
               `normalized_margin`); its label_issues.csv is scored against the flips: precision,
@@ -70,6 +71,16 @@ import transferkit as tk
 
 STAMPS5 = SHARED / "data" / "stamps5"
 BACKBONE = ["--backbone", "mobilenet", "--weights", "imagenet"]
+
+
+def digits_datasets(tmp: Path, seeds: list[int]) -> list[tuple[str, tk.ImageFiles, int, int]]:
+    """scikit-learn's digits, 170 images a class (8 × 8 pixels), once for every flip draw in ``seeds``."""
+    if not seeds:
+        return []
+    from accuracy import write_digits
+
+    files = tk.scan_folder(write_digits(tmp / "digits", seed=0, per_class=170)[0])
+    return [("digits", files, 96, s) for s in seeds]
 
 
 def cli(*args: str) -> list[str]:
@@ -472,7 +483,9 @@ def main() -> int:
                         default=[p for p in PARTS if p not in ("swap", "rules", "leaks")])
     parser.add_argument("--per-class", type=int, default=100, help="Fashion-MNIST images a class (default 100)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="Fashion-MNIST subsets and flips")
-    parser.add_argument("--stamps-seeds", type=int, nargs="+", default=[1, 2], help="flip draws on stamps5")
+    parser.add_argument("--stamps-seeds", type=int, nargs="*", default=[1, 2], help="flip draws on stamps5")
+    parser.add_argument("--digits-seeds", type=int, nargs="*", default=[],
+                        help="for `labels` and `rules`: flip draws on scikit-learn's digits (170 a class, 96 px)")
     parser.add_argument("--rates", type=float, nargs="+", default=[0.05, 0.10])
     parser.add_argument("--rankings", nargs="+", default=["self_confidence", "normalized_margin"],
                         choices=["self_confidence", "normalized_margin"], help="the command's rankings to run")
@@ -495,6 +508,7 @@ def main() -> int:
             datasets = [(f"fashion{args.per_class}_{s}", tk.scan_folder(tasks[s][0]), 96, s) for s in args.seeds]
             stamps = tk.scan_folder(STAMPS5)
             datasets += [("stamps5", stamps, 224, s) for s in args.stamps_seeds]
+            datasets += digits_datasets(tmp, args.digits_seeds)
             label_part(tmp, datasets, args.rates, args.rankings, rows, results)
             payload["labels"] = results
             tables.append(("Planted label errors: precision / recall (flagged), precision at k = flips", rows,
@@ -511,6 +525,7 @@ def main() -> int:
             datasets = [(f"fashion{args.per_class}_{s}", tk.scan_folder(tasks[s][0]), 96, s) for s in args.seeds]
             stamps = tk.scan_folder(STAMPS5)
             datasets += [("stamps5", stamps, 224, s) for s in args.stamps_seeds]
+            datasets += digits_datasets(tmp, args.digits_seeds)
             rows = rules_part(datasets, args.rates, args.shares, args.flip_offset)
             payload["rules"] = rows
             tables.append((f"Rules, in process, pooled over the draws (flip offset {args.flip_offset}): "
